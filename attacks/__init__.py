@@ -1,0 +1,1 @@
+"""Built-in attack plugins, one per module (registered with @register_attack)."""

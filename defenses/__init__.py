@@ -1,0 +1,1 @@
+"""Built-in defense plugins, one per module (registered with @register_defense)."""

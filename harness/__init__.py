@@ -1,0 +1,2 @@
+"""sdm-bench engine."""
+__version__ = "0.1.0"

@@ -1,0 +1,129 @@
+"""The definition of one attack step, shared by the attack plugins and MLAC's simulated inner loop.
+
+An attack fine-tunes some of a model's parameters on harmful-task batches. What adapts (`adapt`), the optimizer and
+its learning-rate schedule are described by an `AttackSetting`; `optimizer_update` applies one update as a pure
+function of tensors, so the same code runs
+
+* under `torch.no_grad()` in a real attack (the results are copied into the model's parameters), and
+* with autograd recording in MLAC's inner loop, where the outer loss is differentiated through K such updates
+  (a learned learning rate can be passed as a tensor).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+Adapt = Literal["full", "probe", "top-k"]
+OptimizerName = Literal["adamw", "adam", "sgd"]
+
+_LAYER = re.compile(r"^encoder\.encoder\.layer\.(\d+)\.")
+BETAS = (0.9, 0.999)
+EPS = 1e-8
+
+
+class AttackSetting(BaseModel):
+    """One attacker's hyperparameters: what adapts, how, for how long."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    lr: float = Field(gt=0)
+    steps: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    adapt: Adapt = "full"
+    top_k: int = Field(1, ge=1, description="with adapt=top-k: how many of the last encoder layers adapt")
+    optimizer: OptimizerName = "adamw"
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    warmup_frac: float = Field(0.0, ge=0, le=1)
+    schedule: Literal["constant", "linear"] = "constant"
+
+
+def adapted_parameter_names(names: Sequence[str], adapt: Adapt, top_k: int = 1) -> list[str]:
+    """Which of a Classifier's parameters an attack of this kind updates (the head always does)."""
+    if adapt == "full":
+        return [n for n in names if not n.startswith("encoder.pooler.")]  # the pooler is unused by our heads
+    head = [n for n in names if n.startswith("head.")]
+    if adapt == "probe":
+        return head
+    layers = sorted({int(m.group(1)) for n in names if (m := _LAYER.match(n))})
+    keep = {str(i) for i in layers[-top_k:]}
+    return [n for n in names if (m := _LAYER.match(n)) and m.group(1) in keep] + head
+
+
+def lr_at(setting: AttackSetting, step: int) -> float:
+    """Learning-rate multiplier schedule: linear warmup, then constant or linear decay to zero."""
+    warmup = int(setting.warmup_frac * setting.steps)
+    if step < warmup:
+        return (step + 1) / warmup
+    if setting.schedule == "linear":
+        remaining = setting.steps - warmup
+        return max(0.0, 1.0 - (step - warmup) / max(1, remaining))
+    return 1.0
+
+
+@dataclass
+class OptimizerState:
+    step: int
+    first: list[torch.Tensor]  # Adam first moment, or SGD momentum buffer
+    second: list[torch.Tensor]  # Adam second moment (empty for SGD)
+
+
+def init_optimizer_state(params: Sequence[torch.Tensor], optimizer: OptimizerName) -> OptimizerState:
+    zeros = [torch.zeros_like(p, memory_format=torch.preserve_format).detach() for p in params]
+    second = [] if optimizer == "sgd" else [torch.zeros_like(p).detach() for p in params]
+    return OptimizerState(0, zeros, second)
+
+
+def optimizer_update(
+    params: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    state: OptimizerState,
+    setting: AttackSetting,
+    lr: float | torch.Tensor,
+) -> tuple[list[torch.Tensor], OptimizerState]:
+    """One optimizer update as a pure function: new parameters and state, inputs untouched.
+
+    Adam's denominator is sqrt(v_hat + eps^2) rather than sqrt(v_hat) + eps: the same to within eps, and it has a
+    finite derivative at v = 0, which second-order MLAC needs when a gradient entry is exactly zero.
+    """
+    t = state.step + 1
+    new_params: list[torch.Tensor] = []
+    if setting.optimizer == "sgd":
+        new_first = []
+        for p, g, buf in zip(params, grads, state.first):
+            if setting.weight_decay:
+                g = g + setting.weight_decay * p
+            buf = setting.momentum * buf + g
+            new_first.append(buf)
+            new_params.append(p - lr * buf)
+        return new_params, OptimizerState(t, new_first, [])
+    b1, b2 = BETAS
+    bias1 = 1 - b1**t
+    bias2 = 1 - b2**t
+    new_first, new_second = [], []
+    for p, g, m, v in zip(params, grads, state.first, state.second):
+        if setting.optimizer == "adam" and setting.weight_decay:
+            g = g + setting.weight_decay * p
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        update = (m / bias1) / torch.sqrt(v / bias2 + EPS * EPS)
+        if setting.optimizer == "adamw" and setting.weight_decay:
+            update = update + setting.weight_decay * p
+        new_params.append(p - lr * update)
+        new_first.append(m)
+        new_second.append(v)
+    return new_params, OptimizerState(t, new_first, new_second)
+
+
+def sample_batch(n: int, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+    """Row indices of one training batch (with replacement across steps, without within a batch when possible)."""
+    if batch_size >= n:
+        return torch.randperm(n, generator=generator)
+    return torch.randperm(n, generator=generator)[:batch_size]
+

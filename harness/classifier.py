@@ -1,0 +1,34 @@
+"""Encoder + pooling + linear head: the model every defense trains and every attack fine-tunes."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+
+class Classifier(nn.Module):
+    def __init__(self, encoder: nn.Module, num_labels: int, pooling: str = "mean"):
+        super().__init__()
+        self.encoder = encoder
+        self.pooling = pooling
+        self.head = nn.Linear(int(encoder.config.hidden_size), num_labels)
+
+    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return mean_pool(hidden, attention_mask) if self.pooling == "mean" else hidden[:, 0]
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(input_ids, attention_mask))
+
+    def reset_head(self, generator: torch.Generator | None = None) -> None:
+        """Fresh head weights, drawn from `generator` so a trial's seed fixes them."""
+        fan_in = self.head.in_features
+        bound = 1.0 / fan_in**0.5
+        with torch.no_grad():
+            self.head.weight.uniform_(-bound, bound, generator=generator)
+            self.head.bias.uniform_(-bound, bound, generator=generator)

@@ -1,0 +1,140 @@
+"""The `sdm` command line. Heavy libraries are imported inside commands so `sdm --help` stays fast."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from harness.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="sdm-bench: do self-destructing models resist harmful fine-tuning?")
+data_app = typer.Typer(no_args_is_help=True, help="Inspect the data a config uses.")
+app.add_typer(data_app, name="data")
+
+ConfigArg = Annotated[Path, typer.Argument(help="experiment YAML config")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a config value: key.path=value")]
+
+
+def _load(config: Path, overrides: list[str] | None, out: Path | None = None):
+    from harness.config import load_config
+
+    cfg = load_config(config, (overrides or []) + ([f"output={out}"] if out else []))
+    return cfg
+
+
+@app.command()
+def run(
+    config: ConfigArg,
+    out: Annotated[Optional[Path], typer.Option(help="run directory (default results/runs/<experiment>)")] = None,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else local)")] = None,
+    resume: Annotated[bool, typer.Option(help="restore an interrupted cell's search instead of restarting it")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the cell plan and trial counts, run nothing")] = False,
+    set_: SetOpt = None,
+) -> None:
+    """Run an experiment: train (or find) defenses, search attacks per cell, write the tables."""
+    from rich.console import Console
+
+    from harness.runner import Plan, run_experiment
+
+    cfg = _load(config, set_, out)
+    console = Console(stderr=True)
+    result = run_experiment(cfg, origin=str(config), address=address, resume=resume, dry_run=dry_run, console=console)
+    if isinstance(result, Plan):
+        _print_plan(cfg, result)
+        return
+    console.print(
+        f"[bold]done[/bold] in {result.seconds:.0f}s: {result.cells_run} cells run, {result.cells_skipped} already "
+        f"finished, {result.cells_failed} failed"
+    )
+    for name, path in result.tables.items():
+        typer.echo(f"{name}: {path}")
+
+
+def _print_plan(cfg, plan) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{cfg.experiment}: {len(plan.cells)} cells, {len(plan.todo)} to run")
+    for column in ("cell", "status", "trials (max)"):
+        table.add_column(column)
+    for cell in plan.cells:
+        done = cell.cell_id in plan.finished
+        table.add_row(cell.cell_id, "finished" if done else "to run", "-" if done else str(plan.trials_per_cell))
+    Console().print(table)
+    typer.echo(
+        f"{len(plan.todo)} cells to run, at most {len(plan.todo) * plan.trials_per_cell} trials "
+        f"({cfg.search.num_samples} search + {cfg.search.reruns} reruns per cell)"
+    )
+
+
+@app.command()
+def plugins() -> None:
+    """List registered defenses and attacks with a one-line description."""
+    from harness.registry import ATTACKS, DEFENSES
+
+    for registry in (DEFENSES, ATTACKS):
+        typer.echo(f"{registry.kind}s:")
+        for name, entry in sorted(registry.entries().items()):
+            origin = "" if entry.origin == "built-in" else f" [{entry.origin}]"
+            typer.echo(f"  {name:<14} {entry.description}{origin}")
+
+
+@app.command()
+def defend(
+    config: ConfigArg,
+    defense: Annotated[str, typer.Option(help="name of a defense in the config")],
+    set_: SetOpt = None,
+) -> None:
+    """Train (or find in the cache) one defense of a config and print the weights' path."""
+    from harness.defend import train_defense
+    from harness.errors import did_you_mean
+    from harness.runner import _prepare_data, validate_plugins
+
+    cfg = _load(config, set_)
+    validate_plugins(cfg, str(config))
+    specs = {d.name: d for d in cfg.defenses}
+    if defense not in specs:
+        raise UserError(f"{config}: no defense '{defense}' in this config{did_you_mean(defense, specs)}")
+    prepared = _prepare_data(cfg)
+    weights = train_defense(cfg, specs[defense], prepared.train, prepared.fingerprint, 0)
+    typer.echo(str(weights.path))
+
+
+@data_app.command("inspect")
+def data_inspect(config: ConfigArg, set_: SetOpt = None) -> None:
+    """Rows per split, label balance, pronouns left after scrubbing, sample texts."""
+    from rich.console import Console
+
+    from harness.data.inspect import inspect_corpus, render_inspection
+
+    cfg = _load(config, set_)
+    Console().print(render_inspection(inspect_corpus(cfg)))
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app(standalone_mode=False)
+    except UserError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(UserError.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click's usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    main()

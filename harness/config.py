@@ -1,0 +1,286 @@
+"""Experiment configuration: YAML validated by pydantic models that forbid unknown fields.
+
+One `ExperimentConfig` describes a whole benchmark: the base encoder, the data, the defenses and attacks to compare,
+the tasks, budgets and seeds that make up the cells, the search protocol and where it runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from harness.errors import UserError, did_you_mean
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TinyBert(Strict):
+    """A small randomly initialised BERT for tests; uses the embedded encoder's tokenizer."""
+
+    hidden_size: int = Field(32, gt=0)
+    num_hidden_layers: int = Field(2, gt=0)
+    num_attention_heads: int = Field(2, gt=0)
+    intermediate_size: int = Field(64, gt=0)
+    seed: int = 0
+
+
+class ModelConfig(Strict):
+    source: str = Field("embedded", description="'embedded', 'tiny', a local directory, or a hub id")
+    num_hidden_layers: int | None = Field(None, gt=0, description="keep only the first N pretrained layers")
+    max_length: int = Field(128, gt=1, le=512)
+    pooling: Literal["mean", "cls"] = "mean"
+    tiny: TinyBert = TinyBert()
+
+
+class SplitFiles(Strict):
+    train: list[str] = Field(min_length=1)
+    dev: list[str] = Field(min_length=1)
+    test: list[str] = Field(min_length=1)
+
+
+class DataConfig(Strict):
+    source: str = Field("standin", description="'standin', a directory, a glob with {split}, or a hub id")
+    files: SplitFiles | None = Field(None, description="explicit Parquet files per split (overrides source)")
+    text_column: str = "hard_text"
+    labels: dict[str, int] = Field(
+        default_factory=lambda: {"profession": 28, "gender": 2},
+        description="label column -> number of classes",
+    )
+    scrub_pronouns: bool = True
+    validation_split: str = "dev"
+    test_split: str = "test"
+    validation_size: int = Field(1000, gt=0, description="rows subsampled from the validation split")
+    test_size: int = Field(2000, gt=0, description="rows subsampled from the test split")
+
+    @field_validator("labels")
+    @classmethod
+    def _positive(cls, labels: dict[str, int]) -> dict[str, int]:
+        for column, n in labels.items():
+            if n < 2:
+                raise ValueError(f"label column '{column}' needs at least 2 classes, got {n}")
+        return labels
+
+
+class Tasks(Strict):
+    harmful: str = "gender"
+    desired: str = "profession"
+    attacked: list[Literal["harmful", "desired"]] = Field(
+        default_factory=lambda: ["harmful", "desired"], min_length=1,
+        description="which tasks the attacker's search runs on (desired = utility)",
+    )
+
+
+class DefenseSpec(Strict):
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class AttackSpec(Strict):
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    space: dict[str, Any] = Field(default_factory=dict, description="search-space overrides, by dimension")
+
+
+class Resources(Strict):
+    cpu: float = Field(1, ge=0)
+    gpu: float = Field(0, ge=0)
+
+
+class SearchConfig(Strict):
+    num_samples: int = Field(20, gt=0, description="trials per cell (upper bound with the plateau stop)")
+    max_concurrent: int = Field(2, gt=0)
+    plateau_patience: int = Field(15, gt=0, description="stop after this many trials without improvement")
+    reruns: int = Field(3, ge=1, description="fresh-seed reruns of the best configuration, scored on test")
+    selection: Literal["heldout", "reference"] = Field(
+        "heldout", description="'reference' selects and reports on one split, as the reference code (optimistic)"
+    )
+    resources_per_trial: Resources = Resources()
+    max_failures: int = Field(1, ge=0, description="retries of a failing trial")
+    eval_every: int = Field(0, ge=0, description="validation checks during a trial for early stopping (0 = end only)")
+
+
+class DefenseTraining(Strict):
+    resources: Resources = Resources(cpu=1)
+    checkpoint_every: int = Field(200, gt=0)
+
+
+class ClusterConfig(Strict):
+    address: str | None = None
+    storage_path: str | None = Field(None, description="shared filesystem path or URI for Ray Tune state")
+
+
+class ExperimentConfig(Strict):
+    experiment: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    tasks: Tasks = Tasks()
+    budgets: list[int] = Field(min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    defenses: list[DefenseSpec] = Field(min_length=1)
+    attacks: list[AttackSpec] = Field(min_length=1)
+    search: SearchConfig = SearchConfig()
+    defense_training: DefenseTraining = DefenseTraining()
+    cluster: ClusterConfig = ClusterConfig()
+    output: str | None = Field(None, description="run directory (default results/runs/<experiment>)")
+
+    @field_validator("budgets")
+    @classmethod
+    def _budgets(cls, budgets: list[int]) -> list[int]:
+        for b in budgets:
+            if b <= 0:
+                raise ValueError(f"budget {b} must be a positive number of examples")
+        if len(set(budgets)) != len(budgets):
+            raise ValueError(f"budgets {budgets} repeat a value")
+        return sorted(budgets)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds {seeds} repeat a value")
+        return seeds
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ExperimentConfig":
+        for role in ("harmful", "desired"):
+            task = getattr(self.tasks, role)
+            if task not in self.data.labels:
+                raise ValueError(
+                    f"tasks.{role}: '{task}' is not a label column{did_you_mean(task, self.data.labels)}"
+                )
+        if self.tasks.harmful == self.tasks.desired:
+            raise ValueError("tasks.harmful and tasks.desired name the same label column")
+        names = [d.name for d in self.defenses]
+        if len(set(names)) != len(names):
+            raise ValueError(f"defenses: a name appears twice in {names}")
+        names = [a.name for a in self.attacks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"attacks: a name appears twice in {names}")
+        return self
+
+    def run_dir(self) -> Path:
+        return Path(self.output) if self.output else Path("results") / "runs" / self.experiment
+
+    def content_hash(self) -> str:
+        """Hash of everything that defines the results (not where they are written or which cluster runs them)."""
+        payload = self.model_dump(mode="json", exclude={"output", "cluster"})
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# -- loading ----------------------------------------------------------------------------------------------------------
+def _set_path(data: dict[str, Any], dotted: str, value: Any, origin: str) -> None:
+    keys = dotted.split(".")
+    node: Any = data
+    for i, key in enumerate(keys[:-1]):
+        if isinstance(node, list):
+            node = node[_index(key, node, dotted, origin)]
+        else:
+            if not isinstance(node, dict):
+                raise UserError(f"{origin}: --set {dotted}: '{'.'.join(keys[:i])}' is not a mapping")
+            node = node.setdefault(key, {})
+    last = keys[-1]
+    if isinstance(node, list):
+        node[_index(last, node, dotted, origin)] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise UserError(f"{origin}: --set {dotted}: parent is not a mapping")
+
+
+def _index(key: str, node: list, dotted: str, origin: str) -> int:
+    if not key.isdigit() or int(key) >= len(node):
+        raise UserError(f"{origin}: --set {dotted}: '{key}' is not an index below {len(node)}")
+    return int(key)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str], origin: str) -> dict[str, Any]:
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set '{item}': expected key.path=value")
+        try:
+            value = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError:
+            value = text
+        _set_path(raw, key.strip(), value, origin)
+    return raw
+
+
+def format_validation_error(exc: ValidationError, origin: str, model: type[BaseModel]) -> str:
+    """One line: file, field path, what was wrong, and the closest valid name for unknown keys."""
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"]]
+    where = ".".join(loc) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        allowed = _fields_at(model, err["loc"][:-1])
+        return f"{origin}: unknown field '{where}'{did_you_mean(loc[-1], allowed)}"
+    if err["type"] == "missing":
+        return f"{origin}: missing required field '{where}'"
+    value = err.get("input")
+    shown = "" if isinstance(value, (dict, list)) else f" (got {value!r})"
+    msg = err["msg"].removeprefix("Value error, ")
+    more = f" [+{len(exc.errors()) - 1} more]" if len(exc.errors()) > 1 else ""
+    return f"{origin}: {where}: {msg}{shown}{more}"
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return []
+        current = _inner_model(field.annotation)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _inner_model(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    path = Path(path)
+    origin = str(path)
+    if not path.exists():
+        raise UserError(f"{origin}: config file not found")
+    if path.is_dir():
+        raise UserError(f"{origin}: is a directory, expected a YAML config file")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"{origin}: not valid YAML{where}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{origin}: not a UTF-8 text file") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{origin}: expected a mapping at the top level, got {type(raw).__name__}")
+    raw = apply_overrides(raw, overrides or [], origin)
+    return validate(ExperimentConfig, raw, origin)
+
+
+def validate(model: type[BaseModel], raw: Any, origin: str) -> Any:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise UserError(format_validation_error(exc, origin, model)) from None

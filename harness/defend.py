@@ -1,0 +1,183 @@
+"""Defense training service: train each defense once per configuration, cache the defended encoder as safetensors.
+
+The cache is content-addressed: the key hashes the defense's name and parameters, the base model's config and
+weights fingerprint, the training data's fingerprint and the seed, so `sdm run` never trains the same defense twice
+and a changed ingredient never reuses stale weights. Training runs as a Ray task with the resources the config asks
+for, checkpoints periodically and resumes from the last checkpoint after an interruption.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from filelock import FileLock
+from safetensors.torch import load_file, save_file
+
+from harness.atomic import publish_dir_atomic, write_file_atomic, write_text_atomic
+from harness.config import DefenseSpec, ExperimentConfig
+from harness.models import base_fingerprint, model_id, state_fingerprint
+from harness.plugins import Checkpointer, Defense, DefenseContext
+from harness.registry import DEFENSES
+from harness.tokenized import TokenizedSplit
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "encoder.safetensors"
+META_FILE = "defense.json"
+
+
+def cache_root(cfg: ExperimentConfig) -> Path:
+    """SDM_CACHE_DIR, else beside a local shared storage_path (so cluster nodes share it), else the user cache."""
+    if os.environ.get("SDM_CACHE_DIR"):
+        return Path(os.environ["SDM_CACHE_DIR"]).expanduser()
+    storage = cfg.cluster.storage_path
+    if storage and "://" not in storage:
+        return Path(storage).expanduser() / "sdm-cache"
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sdm-bench"
+
+
+@dataclass(frozen=True)
+class DefendedWeights:
+    defense: str
+    path: Path  # the safetensors file
+    fingerprint: str  # of the defended weights
+    cached: bool  # found in the cache rather than trained now
+    train_seconds: float
+
+
+def make_defense(spec: DefenseSpec, origin: str) -> Defense:
+    return DEFENSES.get(spec.name).from_params(spec.params, origin)
+
+
+def defense_key(cfg: ExperimentConfig, spec: DefenseSpec, data_fingerprint: str, seed: int) -> str:
+    defense = make_defense(spec, "config")
+    payload = {
+        "defense": spec.name,
+        "params": defense.params.model_dump(mode="json"),
+        "model": cfg.model.model_dump(mode="json"),
+        "base": base_fingerprint(cfg.model),
+        "data": data_fingerprint,
+        "tasks": [cfg.tasks.harmful, cfg.tasks.desired],
+        "seed": seed,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class FileCheckpointer(Checkpointer):
+    """Checkpoints as safetensors + JSON in a work folder, each written atomically."""
+
+    def __init__(self, folder: Path, every: int):
+        self.folder = folder
+        self.every = every
+
+    def load(self) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]] | None:
+        meta_path = self.folder / "checkpoint.json"
+        if not meta_path.exists():
+            return None
+        meta = json.loads(meta_path.read_text())
+        tensors = load_file(str(self.folder / meta["tensors"]))
+        return int(meta["step"]), tensors, meta.get("metadata", {})
+
+    def save(self, step: int, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = f"checkpoint-{step}.safetensors"
+        write_file_atomic(self.folder / name, lambda tmp: save_file(_contiguous(tensors), str(tmp)))
+        previous = self.folder / "checkpoint.json"
+        old = json.loads(previous.read_text())["tensors"] if previous.exists() else None
+        # The JSON pointer is renamed into place last: a kill between the two writes leaves the old checkpoint valid.
+        write_text_atomic(previous, json.dumps({"step": step, "tensors": name, "metadata": metadata}))
+        if old and old != name:
+            (self.folder / old).unlink(missing_ok=True)
+
+
+def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+
+
+class _Progress:
+    """A progress bar with the running losses and steps/s a defense reports."""
+
+    def __init__(self, name: str, total: int):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total or None, desc=f"defense {name}", unit="step", mininterval=2.0, leave=False)
+
+    def __call__(self, step: int, metrics: dict[str, float]) -> None:
+        self.bar.update(step - self.bar.n)
+        if metrics:
+            self.bar.set_postfix({k: f"{v:.3f}" for k, v in metrics.items()}, refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def train_defense(
+    cfg: ExperimentConfig, spec: DefenseSpec, train: TokenizedSplit, data_fingerprint: str, seed: int
+) -> DefendedWeights:
+    """Find the defended weights in the cache or train them now (in this process)."""
+    key = defense_key(cfg, spec, data_fingerprint, seed)
+    root = cache_root(cfg) / "defenses"
+    final = root / f"{spec.name}-{key}"
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / f".{spec.name}-{key}.lock")):
+        if (final / WEIGHTS_FILE).exists():
+            meta = json.loads((final / META_FILE).read_text())
+            return DefendedWeights(spec.name, final / WEIGHTS_FILE, meta["weights_fingerprint"], True, 0.0)
+        defense = make_defense(spec, "config")
+        work = root / ".work" / f"{spec.name}-{key}"
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        progress = _Progress(spec.name, defense.total_steps())
+        ctx = DefenseContext(
+            model=cfg.model,
+            train=train,
+            harmful=cfg.tasks.harmful,
+            desired=cfg.tasks.desired,
+            num_labels=dict(cfg.data.labels),
+            seed=seed,
+            device=device,
+            progress=progress,
+            checkpoint=FileCheckpointer(work, cfg.defense_training.checkpoint_every),
+        )
+        torch.manual_seed(seed)
+        started = time.perf_counter()
+        try:
+            state = defense.train(ctx)
+        finally:
+            progress.close()
+        seconds = time.perf_counter() - started
+        state = _contiguous(state)
+        fingerprint = state_fingerprint(state)
+        meta = {
+            "defense": spec.name,
+            "params": defense.params.model_dump(mode="json"),
+            "model_id": model_id(cfg.model),
+            "base_fingerprint": base_fingerprint(cfg.model),
+            "data_fingerprint": data_fingerprint,
+            "seed": seed,
+            "weights_fingerprint": fingerprint,
+            "train_seconds": round(seconds, 3),
+            "device": str(device),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+
+        def fill(folder: Path) -> None:
+            save_file(state, str(folder / WEIGHTS_FILE), metadata={"defense": spec.name, "key": key})
+            (folder / META_FILE).write_text(json.dumps(meta, indent=2))
+
+        publish_dir_atomic(final, fill)
+        shutil.rmtree(work, ignore_errors=True)
+        log.info("trained defense %s in %.1fs -> %s", spec.name, seconds, final)
+        return DefendedWeights(spec.name, final / WEIGHTS_FILE, fingerprint, False, seconds)
+
+
+def load_defended(weights: DefendedWeights) -> dict[str, torch.Tensor]:
+    return load_file(str(weights.path))

@@ -1,0 +1,186 @@
+"""The plugin interface: what a defense and an attack implement, and what the engine hands them.
+
+A defense turns the base encoder into a defended encoder (a state dict); an attack fine-tunes a defended encoder on
+one task with one sampled configuration and reports validation (and, for reruns, test) accuracy. Each plugin declares
+its parameters as a pydantic model (`Params`) and, for attacks, its search space (`space`) in one place.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from harness.classifier import Classifier
+from harness.config import ModelConfig, validate
+from harness.space import Dim, Space
+from harness.tokenized import TokenizedSplit
+from harness.training import Features
+
+
+class NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# -- defenses ---------------------------------------------------------------------------------------------------------
+@dataclass
+class DefenseContext:
+    """What a defense may use: the base model's description, the training split with every label, the seed."""
+
+    model: ModelConfig
+    train: TokenizedSplit  # the training split, tokenised, with all label columns
+    harmful: str  # harmful task's label column
+    desired: str  # desired task's label column
+    num_labels: dict[str, int]
+    seed: int
+    device: torch.device
+    progress: Callable[[int, dict[str, float]], None]  # (step, running metrics) -> None
+    checkpoint: "Checkpointer"
+
+    def base_encoder(self, pretrained: bool = True) -> torch.nn.Module:
+        from harness.models import build_encoder
+
+        return build_encoder(self.model, pretrained=pretrained).to(self.device)
+
+
+class Checkpointer(ABC):
+    """Periodic, resumable training state for long defense trainings (safetensors tensors + JSON metadata)."""
+
+    every: int
+
+    @abstractmethod
+    def load(self) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]] | None:
+        """(step, tensors, metadata) of the last checkpoint, or None."""
+
+    @abstractmethod
+    def save(self, step: int, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None: ...
+
+
+class Defense(ABC):
+    """Base class of defense plugins."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type[BaseModel]] = NoParams
+
+    def __init__(self, params: BaseModel):
+        self.params = params
+
+    @classmethod
+    def from_params(cls, raw: dict[str, Any], origin: str) -> "Defense":
+        return cls(validate(cls.Params, raw, f"{origin}: defense '{cls.name}' params"))
+
+    def total_steps(self) -> int:
+        """Training steps, for the progress bar (0 when unknown)."""
+        return 0
+
+    @abstractmethod
+    def train(self, ctx: DefenseContext) -> dict[str, torch.Tensor]:
+        """The defended encoder's state dict (same architecture as the base encoder)."""
+
+
+# -- attacks ----------------------------------------------------------------------------------------------------------
+@dataclass
+class CellData:
+    """One cell's data: the attacker's budget sample, the validation and test splits, the task."""
+
+    train: TokenizedSplit
+    val: TokenizedSplit
+    test: TokenizedSplit
+    label: str
+    num_labels: int
+
+
+@dataclass
+class AttackContext:
+    model: ModelConfig
+    encoder_state: dict[str, torch.Tensor]  # defended weights, shipped once per cell
+    data: CellData
+    features: Features | None  # frozen-encoder features, when the attack asked for them
+    eval_every: int
+    device: torch.device
+
+    def classifier(self, seed: int, load_encoder: bool = True) -> "Classifier":
+        """The defended encoder with a freshly drawn head (the attacker never sees a defense's head).
+
+        The module is built once per worker process and reused by later trials of the same cell, which only
+        reload the defended weights (skipped when a probe trains on cached features and never runs the encoder).
+        """
+        key = (self.model.model_dump_json(), self.data.num_labels, id(self.encoder_state))
+        model = _WORKER_MODEL.get(key)
+        if model is None:
+            from harness.models import build_encoder
+
+            _WORKER_MODEL.clear()
+            model = Classifier(build_encoder(self.model, pretrained=False), self.data.num_labels, self.model.pooling)
+            model.encoder.load_state_dict(self.encoder_state)
+            model.to(self.device)
+            _WORKER_MODEL[key] = model
+        elif load_encoder:
+            model.encoder.load_state_dict(self.encoder_state)
+        model.reset_head(torch.Generator().manual_seed(seed))
+        return model
+
+
+_WORKER_MODEL: dict[tuple, "Classifier"] = {}
+
+
+@dataclass(frozen=True)
+class AttackOutcome:
+    val_accuracy: float
+    test_accuracy: float | None
+    steps_run: int
+    best_step: int
+
+
+class Attack(ABC):
+    """Base class of attack plugins."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type[BaseModel]] = NoParams
+
+    def __init__(self, params: BaseModel, space_overrides: dict[str, Any] | None = None, origin: str = "config"):
+        self.params = params
+        self.space = self._merge_space(space_overrides or {}, origin)
+
+    @classmethod
+    def from_spec(cls, params: dict[str, Any], space: dict[str, Any], origin: str) -> "Attack":
+        return cls(validate(cls.Params, params, f"{origin}: attack '{cls.name}' params"), space, origin)
+
+    @abstractmethod
+    def default_space(self) -> Space:
+        """The search space, declared once; configs override individual dimensions."""
+
+    def needs_features(self) -> bool:
+        """Whether some configuration of the space trains a linear probe on frozen features."""
+        return False
+
+    @abstractmethod
+    def run(self, ctx: AttackContext, config: dict[str, Any], seed: int, score_test: bool) -> AttackOutcome:
+        """Attack the defended encoder with one sampled configuration."""
+
+    def _merge_space(self, overrides: dict[str, Any], origin: str) -> Space:
+        from pydantic import TypeAdapter, ValidationError
+
+        from harness.errors import UserError, did_you_mean
+
+        space = dict(self.default_space())
+        adapter = TypeAdapter(Dim)
+        for key, raw in overrides.items():
+            if key not in space:
+                raise UserError(f"{origin}: attack '{self.name}' has no search dimension '{key}'{did_you_mean(key, space)}")
+            value = raw if isinstance(raw, dict) else {"type": "fixed", "value": raw}
+            try:
+                space[key] = adapter.validate_python(value)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                where = ".".join(str(p) for p in err["loc"])
+                raise UserError(
+                    f"{origin}: attack '{self.name}' space.{key}{'.' + where if where else ''}: "
+                    f"{err['msg']} (expected e.g. {{type: loguniform, low: 1e-5, high: 1e-2}}, "
+                    f"{{type: int, low: 10, high: 100}}, {{type: choice, values: [...]}} or a fixed value)"
+                ) from None
+        return space

@@ -1,0 +1,286 @@
+"""`sdm run`: config -> cells -> defended weights -> one attack search per cell -> trial and cell tables.
+
+Each stage reads only what the previous one wrote. Finished cells (their row under `cells/`) are never recomputed;
+with `resume`, an interrupted cell's Tuner is restored instead of started over.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness.config import ExperimentConfig
+from harness.errors import UserError
+from harness.search import Cell
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+
+
+@dataclass
+class Plan:
+    cells: list[Cell]
+    finished: set[str]
+    trials_per_cell: int
+
+    @property
+    def todo(self) -> list[Cell]:
+        return [c for c in self.cells if c.cell_id not in self.finished]
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    cells_run: int
+    cells_skipped: int
+    cells_failed: int
+    seconds: float
+    tables: dict[str, Path] = field(default_factory=dict)
+
+
+def plan_cells(cfg: ExperimentConfig, run_dir: Path) -> Plan:
+    from harness.results import finished_cells
+
+    roles = {"harmful": cfg.tasks.harmful, "desired": cfg.tasks.desired}
+    cells = [
+        Cell(d.name, a.name, roles[role], role, budget, seed)
+        for d in cfg.defenses
+        for a in cfg.attacks
+        for role in cfg.tasks.attacked
+        for budget in cfg.budgets
+        for seed in cfg.seeds
+    ]
+    return Plan(cells, finished_cells(run_dir), cfg.search.num_samples + cfg.search.reruns)
+
+
+def check_run_dir(cfg: ExperimentConfig, run_dir: Path) -> None:
+    """Refuse to mix another experiment's (or another config's) results into this directory."""
+    marker = run_dir / RUN_FILE
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"output '{run_dir}': exists and is not a directory")
+    if marker.exists():
+        try:
+            existing = json.loads(marker.read_text())
+        except (OSError, json.JSONDecodeError):
+            raise UserError(f"output '{run_dir}': {RUN_FILE} is unreadable; use another --out") from None
+        if existing.get("config_hash") != cfg.content_hash():
+            raise UserError(
+                f"output '{run_dir}': holds results of experiment '{existing.get('experiment')}' with a different "
+                f"config (hash {existing.get('config_hash')} != {cfg.content_hash()}); use another --out"
+            )
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise UserError(f"output '{run_dir}': not empty and not an sdm-bench run directory; use another --out")
+
+
+def _writable(run_dir: Path) -> None:
+    probe = run_dir if run_dir.exists() else next((p for p in run_dir.parents if p.exists()), Path("."))
+    if not os.access(probe, os.W_OK):
+        raise UserError(f"output '{run_dir}': directory '{probe}' is not writable")
+
+
+def validate_plugins(cfg: ExperimentConfig, origin: str) -> dict[str, Any]:
+    """Instantiate every plugin once so bad names, params and spaces fail before anything runs."""
+    from harness.defend import make_defense
+    from harness.registry import ATTACKS
+
+    for spec in cfg.defenses:
+        make_defense(spec, origin)
+    return {spec.name: ATTACKS.get(spec.name).from_spec(spec.params, spec.space, origin) for spec in cfg.attacks}
+
+
+def run_experiment(
+    cfg: ExperimentConfig,
+    *,
+    origin: str,
+    address: str | None = None,
+    resume: bool = False,
+    dry_run: bool = False,
+    console=None,
+) -> RunSummary | Plan:
+    from rich.console import Console
+
+    console = console or Console(stderr=True)
+    started = time.perf_counter()
+    run_dir = cfg.run_dir()
+    attacks = validate_plugins(cfg, origin)
+    check_run_dir(cfg, run_dir)
+    plan = plan_cells(cfg, run_dir)
+    prepared = _prepare_data(cfg)  # validates data and budgets before anything is written
+    if dry_run:
+        return plan
+    _writable(run_dir)
+    return _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, started)
+
+
+@dataclass
+class PreparedData:
+    corpus_source: str
+    fingerprint: str
+    train: Any  # TokenizedSplit of the whole training pool
+    val: Any
+    test: Any
+    budget_rows: dict[tuple[str, int], dict[int, np.ndarray]]  # (task, seed) -> budget -> training-pool rows
+
+
+def _prepare_data(cfg: ExperimentConfig) -> PreparedData:
+    from harness.data.budgets import nested_stratified_samples, subsample
+    from harness.data.loader import load_corpus
+    from harness.models import load_tokenizer
+    from harness.tokenized import tokenize
+
+    corpus = load_corpus(cfg.data)
+    tokenizer = load_tokenizer(cfg.model)
+    columns = list(cfg.data.labels)
+
+    def tokenized(split: str, size: int | None, seed: int):
+        data = corpus.splits[split]
+        if size is not None:
+            data = data.select(subsample(len(data), size, seed).tolist())
+        return tokenize(data["text"], {c: np.asarray(data[c]) for c in columns}, tokenizer, cfg.model.max_length)
+
+    train = tokenized("train", None, 0)
+    val = tokenized(cfg.data.validation_split, cfg.data.validation_size, 1)
+    test = tokenized(cfg.data.test_split, cfg.data.test_size, 2)
+    if cfg.search.selection == "reference":
+        val = test  # the reference protocol: select and report on one split (optimistic, kept for comparison)
+    roles = {"harmful": cfg.tasks.harmful, "desired": cfg.tasks.desired}
+    budget_rows = {}
+    for role in cfg.tasks.attacked:
+        task = roles[role]
+        for seed in cfg.seeds:
+            budget_rows[(task, seed)] = nested_stratified_samples(
+                train.labels[task], cfg.budgets, seed, cfg.data.labels[task]
+            )
+    return PreparedData(corpus.source, corpus.fingerprint, train, val, test, budget_rows)
+
+
+def _start_ray(cfg: ExperimentConfig, address: str | None) -> None:
+    import ray
+
+    address = address or cfg.cluster.address or os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+    else:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+
+
+def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, started) -> RunSummary:
+    import ray
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from harness.atomic import clean_leftovers, write_text_atomic
+    from harness.defend import load_defended, train_defense
+    from harness.models import base_fingerprint, model_id
+    from harness.plugins import CellData
+    from harness.results import provenance, write_cell, write_cells_table
+    from harness.search import CellPayload, run_cell, tune_dir
+
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(run_dir)
+    write_text_atomic(
+        run_dir / RUN_FILE,
+        json.dumps({"experiment": cfg.experiment, "config_hash": cfg.content_hash(),
+                    "config": cfg.model_dump(mode="json")}, indent=2),
+    )
+    _start_ray(cfg, address)
+    storage = tune_dir(cfg, run_dir)
+    base_fp = base_fingerprint(cfg.model)
+    common = provenance(
+        experiment=cfg.experiment,
+        config_hash=cfg.content_hash(),
+        model_id=model_id(cfg.model),
+        model_fingerprint=base_fp,
+        defense_fingerprint=None,
+        data_id=prepared.corpus_source,
+        data_fingerprint=prepared.fingerprint,
+    )
+    todo = plan.todo
+    summary = RunSummary(run_dir, 0, len(plan.cells) - len(todo), 0, 0.0)
+    defense_specs = {d.name: d for d in cfg.defenses}
+    train_remote = ray.remote(train_defense)
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=False,
+    ) as progress:
+        cells_bar = progress.add_task("cells", total=len(plan.cells), completed=summary.cells_skipped)
+        trials_bar = progress.add_task("trials", total=len(todo) * plan.trials_per_cell)
+        for defense_name in dict.fromkeys(c.defense for c in todo):
+            spec = defense_specs[defense_name]
+            resources = cfg.defense_training.resources
+            weights = ray.get(
+                train_remote.options(num_cpus=resources.cpu, num_gpus=resources.gpu).remote(
+                    cfg, spec, prepared.train, prepared.fingerprint, 0
+                )
+            )
+            state = load_defended(weights)
+            progress.console.log(
+                f"defense {defense_name}: {'cached' if weights.cached else f'trained in {weights.train_seconds:.0f}s'}"
+                f" ({weights.path})"
+            )
+            features = _feature_cache(cfg, state, attacks, prepared)
+            for cell in [c for c in todo if c.defense == defense_name]:
+                progress.update(trials_bar, description=f"trials {cell.cell_id}")
+                rows_idx = prepared.budget_rows[(cell.task, cell.seed)][cell.budget]
+                attack = attacks[cell.attack]
+                data = CellData(prepared.train.subset(rows_idx), prepared.val, prepared.test,
+                                cell.task, cfg.data.labels[cell.task])
+                cell_features = features(cell, rows_idx) if attack.needs_features() else None
+                payload = CellPayload(cfg.model, state, data, cell_features, attack,
+                                      cfg.search.eval_every, cfg.search.resources_per_trial.cpu)
+                trial_rows, cell_row = run_cell(
+                    cfg, cell, payload, storage=storage, resume=resume,
+                    on_trial=lambda: progress.advance(trials_bar),
+                )
+                keys = {"defense": cell.defense, "attack": cell.attack, "task": cell.task,
+                        "budget": cell.budget, "seed": cell.seed, "cell_id": cell.cell_id,
+                        "task_role": cell.task_role}
+                stamp = {**common, "defense_fingerprint": weights.fingerprint}
+                trial_rows = [{**keys, **row, **stamp} for row in trial_rows]
+                cell_row = {**keys, **cell_row, **stamp}
+                write_cell(run_dir, trial_rows, cell_row)
+                write_cells_table(run_dir)
+                summary.cells_run += 1
+                summary.cells_failed += cell_row["status"] == "failed"
+                progress.advance(cells_bar)
+    summary.tables = {"trials": run_dir / "trials", "cells": write_cells_table(run_dir)}
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _feature_cache(cfg: ExperimentConfig, state: dict, attacks: dict[str, Any], prepared: PreparedData):
+    """Frozen features of the defended encoder: val/test once per defense, training rows once per (task, seed)."""
+    if not any(a.needs_features() for a in attacks.values()):
+        return lambda cell, rows: None
+    from harness.classifier import Classifier
+    from harness.models import build_encoder
+    from harness.training import Features, encode
+
+    model = Classifier(build_encoder(cfg.model, pretrained=False), 2, cfg.model.pooling)
+    model.encoder.load_state_dict(state)
+    val = encode(model, prepared.val)
+    test = val if prepared.test is prepared.val else encode(model, prepared.test)
+    train_cache: dict[tuple[str, int], tuple[np.ndarray, Any]] = {}
+
+    def features(cell: Cell, rows: np.ndarray) -> Features:
+        key = (cell.task, cell.seed)
+        if key not in train_cache:
+            largest = prepared.budget_rows[key][max(prepared.budget_rows[key])]
+            train_cache[key] = (largest, encode(model, prepared.train.subset(largest)))
+        largest, feats = train_cache[key]
+        position = {int(r): i for i, r in enumerate(largest)}
+        return Features(feats[[position[int(r)] for r in rows]], val, test)
+
+    return features

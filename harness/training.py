@@ -1,0 +1,185 @@
+"""The training loop every attack and the `bert` defense run: shared attack steps, evaluation, early stopping."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from harness.attack_step import (
+    AttackSetting,
+    adapted_parameter_names,
+    init_optimizer_state,
+    lr_at,
+    optimizer_update,
+    sample_batch,
+)
+from harness.classifier import Classifier
+from harness.tokenized import TokenizedSplit
+
+log = logging.getLogger(__name__)
+
+EVAL_BATCH = 128
+
+
+class NonFiniteLoss(RuntimeError):
+    """A trial's loss became NaN or infinite: the trial failed, its numbers must not be used."""
+
+
+@dataclass(frozen=True)
+class Features:
+    """Frozen-encoder features of a cell's splits, computed once so linear probes train in milliseconds."""
+
+    train: torch.Tensor
+    val: torch.Tensor
+    test: torch.Tensor | None
+
+
+@dataclass
+class FitResult:
+    val_accuracy: float | None
+    best_step: int
+    steps_run: int
+    history: list[tuple[int, float]] = field(default_factory=list)
+
+
+def autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.inference_mode()
+def encode(model: Classifier, split: TokenizedSplit, batch_size: int = EVAL_BATCH) -> torch.Tensor:
+    """Pooled encoder features for every row of a split, in row order (length-sorted batches inside)."""
+    device = model_device(model)
+    was_training = model.training
+    model.eval()
+    out = torch.empty(len(split), model.head.in_features)
+    for index in split.eval_batches(batch_size):
+        ids, mask = split.batch(index)
+        with autocast(device):
+            feats = model.features(ids.to(device), mask.to(device))
+        out[torch.from_numpy(index)] = feats.float().cpu()
+    model.train(was_training)
+    return out
+
+
+@torch.inference_mode()
+def accuracy(model: Classifier, split: TokenizedSplit, label: str, batch_size: int = EVAL_BATCH) -> float:
+    device = model_device(model)
+    was_training = model.training
+    model.eval()
+    correct = 0
+    labels = split.labels[label]
+    for index in split.eval_batches(batch_size):
+        ids, mask = split.batch(index)
+        with autocast(device):
+            logits = model(ids.to(device), mask.to(device))
+        correct += int((logits.argmax(-1).cpu().numpy() == labels[index]).sum())
+    model.train(was_training)
+    return correct / max(1, len(split))
+
+
+@torch.inference_mode()
+def probe_accuracy(head: torch.nn.Linear, features: torch.Tensor, labels: np.ndarray) -> float:
+    device = head.weight.device
+    predictions = head(features.to(device)).argmax(-1).cpu().numpy()
+    return float((predictions == labels).mean()) if len(labels) else 0.0
+
+
+def fit(
+    model: Classifier,
+    train: TokenizedSplit,
+    label: str,
+    setting: AttackSetting,
+    *,
+    seed: int,
+    val: TokenizedSplit | None = None,
+    eval_every: int = 0,
+    patience: int = 3,
+    features: Features | None = None,
+    on_eval: Callable[[int, float], None] | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> FitResult:
+    """Fine-tune `model` in place on `train[label]` with the shared attack step.
+
+    With `eval_every` > 0 and a validation split, accuracy is checked every `eval_every` steps, training stops after
+    `patience` checks without improvement, and the best checkpoint's adapted weights are restored. With `features`
+    and `adapt="probe"`, the frozen encoder is skipped altogether and only the head trains on the cached features.
+    """
+    device = model_device(model)
+    generator = torch.Generator().manual_seed(seed)
+    names = adapted_parameter_names([n for n, _ in model.named_parameters()], setting.adapt, setting.top_k)
+    lookup = dict(model.named_parameters())
+    params = [lookup[n] for n in names]
+    adapted = set(names)
+    for n, p in model.named_parameters():
+        p.requires_grad_(n in adapted)
+    labels = torch.from_numpy(train.labels[label])
+    use_features = features is not None and setting.adapt == "probe"
+    # Dropout off: with budgets of 20-200 examples its noise would blur the comparison between trials.
+    model.eval()
+
+    def batch_loss(index: torch.Tensor) -> torch.Tensor:
+        target = labels[index].to(device)
+        if use_features:
+            logits = model.head(features.train[index].to(device))
+        else:
+            ids, mask = train.batch(index.numpy())
+            with autocast(device):
+                logits = model(ids.to(device), mask.to(device))
+        return torch.nn.functional.cross_entropy(logits.float(), target)
+
+    def val_accuracy() -> float:
+        assert val is not None
+        if use_features:
+            return probe_accuracy(model.head, features.val, val.labels[label])
+        return accuracy(model, val, label)
+
+    state = init_optimizer_state(params, setting.optimizer)
+    history: list[tuple[int, float]] = []
+    best_acc, best_step, best_weights, stale = -1.0, 0, None, 0
+    steps_run = 0
+    for step in range(setting.steps):
+        loss = batch_loss(sample_batch(len(train), setting.batch_size, generator))
+        if not math.isfinite(float(loss)):
+            raise NonFiniteLoss(f"loss is {float(loss)} at step {step} (lr {setting.lr:g})")
+        grads = torch.autograd.grad(loss, params)
+        with torch.no_grad():
+            new, state = optimizer_update(params, grads, state, setting, setting.lr * lr_at(setting, step))
+            for p, q in zip(params, new):
+                p.copy_(q)
+        steps_run = step + 1
+        if on_step is not None:
+            on_step(steps_run, float(loss))
+        if eval_every and val is not None and (steps_run % eval_every == 0 or steps_run == setting.steps):
+            acc = val_accuracy()
+            history.append((steps_run, acc))
+            if on_eval is not None:
+                on_eval(steps_run, acc)
+            if acc > best_acc:
+                best_acc, best_step, stale = acc, steps_run, 0
+                best_weights = [p.detach().clone() for p in params]
+            else:
+                stale += 1
+                if stale >= patience:
+                    break
+    if best_weights is not None:
+        with torch.no_grad():
+            for p, q in zip(params, best_weights):
+                p.copy_(q)
+        return FitResult(best_acc, best_step, steps_run, history)
+    final = val_accuracy() if val is not None else None
+    if final is not None:
+        history.append((steps_run, final))
+    return FitResult(final, steps_run, steps_run, history)
