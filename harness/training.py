@@ -152,8 +152,9 @@ def fit(
     steps_run = 0
     for step in range(setting.steps):
         loss = batch_loss(sample_batch(len(train), setting.batch_size, generator))
-        if not math.isfinite(float(loss)):
-            raise NonFiniteLoss(f"loss is {float(loss)} at step {step} (lr {setting.lr:g})")
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise NonFiniteLoss(f"loss is {value} at step {step} (lr {setting.lr:g})")
         grads = torch.autograd.grad(loss, params)
         with torch.no_grad():
             new, state = optimizer_update(params, grads, state, setting, setting.lr * lr_at(setting, step))
@@ -161,7 +162,7 @@ def fit(
                 p.copy_(q)
         steps_run = step + 1
         if on_step is not None:
-            on_step(steps_run, float(loss))
+            on_step(steps_run, value)
         if eval_every and val is not None and (steps_run % eval_every == 0 or steps_run == setting.steps):
             acc = val_accuracy()
             history.append((steps_run, acc))

@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.config import load_config
+from harness.errors import UserError
+from tests.conftest import SMOKE
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "exp.yaml"
+    path.write_text(text)
+    return path
+
+
+MINIMAL = """
+experiment: t
+budgets: [20, 50]
+defenses: [{name: random-init}]
+attacks: [{name: finetune}]
+"""
+
+
+def test_smoke_config_loads_with_defaults():
+    cfg = load_config(SMOKE)
+    assert cfg.experiment == "smoke"
+    assert cfg.model.source == "tiny"
+    assert cfg.search.selection == "heldout"
+    assert cfg.run_dir() == Path("results/runs/smoke")
+
+
+def test_overrides_reach_nested_fields_and_lists(tmp_path: Path):
+    cfg = load_config(
+        write(tmp_path, MINIMAL),
+        ["search.num_samples=7", "budgets=[5, 10]", "defenses.0.params={steps: 3}", "model.max_length=64"],
+    )
+    assert cfg.search.num_samples == 7
+    assert cfg.budgets == [5, 10]
+    assert cfg.defenses[0].params == {"steps": 3}
+    assert cfg.model.max_length == 64
+
+
+def test_misspelled_key_names_the_closest_field(tmp_path: Path):
+    with pytest.raises(UserError, match=r"unknown field 'search.num_sample' \(did you mean 'num_samples'\?\)"):
+        load_config(write(tmp_path, MINIMAL + "search: {num_sample: 3}\n"))
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        ("search: {num_samples: many}\n", r"search.num_samples: .*integer.*'many'"),
+        ("seeds: [0, 0]\n", r"seeds: .*repeat"),
+        ("tasks: {harmful: gendr}\n", r"tasks.harmful: 'gendr' is not a label column \(did you mean 'gender'\?\)"),
+        ("model: {max_length: 0}\n", r"model.max_length"),
+    ],
+)
+def test_wrong_values_are_one_line_errors(tmp_path: Path, extra: str, expected: str):
+    with pytest.raises(UserError, match=expected) as info:
+        load_config(write(tmp_path, MINIMAL + extra))
+    assert "\n" not in str(info.value)
+    assert str(tmp_path / "exp.yaml") in str(info.value)
+
+
+def test_non_positive_budget_is_rejected(tmp_path: Path):
+    with pytest.raises(UserError, match=r"budgets.*budget -5 must be a positive"):
+        load_config(write(tmp_path, MINIMAL.replace("[20, 50]", "[-5, 50]")))
+
+
+def test_missing_file_and_directory_and_bad_yaml(tmp_path: Path):
+    with pytest.raises(UserError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(UserError, match="is a directory"):
+        load_config(tmp_path)
+    with pytest.raises(UserError, match="not valid YAML at line"):
+        load_config(write(tmp_path, "experiment: [unclosed\n"))
+
+
+def test_bad_override_syntax(tmp_path: Path):
+    with pytest.raises(UserError, match="expected key.path=value"):
+        load_config(write(tmp_path, MINIMAL), ["search.num_samples"])
+
+
+def test_content_hash_ignores_output_location(tmp_path: Path):
+    path = write(tmp_path, MINIMAL)
+    assert load_config(path, ["output=a"]).content_hash() == load_config(path, ["output=b"]).content_hash()
+    assert load_config(path).content_hash() != load_config(path, ["budgets=[20]"]).content_hash()
