@@ -11,7 +11,12 @@ import typer
 
 from harness.errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="sdm-bench: do self-destructing models resist harmful fine-tuning?")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="sdm-bench: do self-destructing models resist harmful fine-tuning?",
+)
 data_app = typer.Typer(no_args_is_help=True, help="Inspect the data a config uses.")
 app.add_typer(data_app, name="data")
 
@@ -50,7 +55,11 @@ def run(
         f"[bold]done[/bold] in {result.seconds:.0f}s: {result.cells_run} cells run, {result.cells_skipped} already "
         f"finished, {result.cells_failed} failed"
     )
-    for name, path in result.tables.items():
+    from harness.leaderboard import build_leaderboard, render_terminal
+
+    files = build_leaderboard([result.run_dir])
+    Console().print(render_terminal(files))
+    for name, path in {**result.tables, **files.paths()}.items():
         typer.echo(f"{name}: {path}")
 
 
@@ -102,6 +111,25 @@ def defend(
     prepared = _prepare_data(cfg)
     weights = train_defense(cfg, specs[defense], prepared.train, prepared.fingerprint, 0)
     typer.echo(str(weights.path))
+
+
+@app.command()
+def leaderboard(
+    run_dirs: Annotated[list[Path], typer.Argument(metavar="RUN_DIR", help="run directories to merge")],
+    out: Annotated[Optional[Path], typer.Option(help="output folder (default <first RUN_DIR>/leaderboard)")] = None,
+    threshold: Annotated[
+        Optional[float], typer.Option(help="harmful-task accuracy the data cost is measured to (default 0.75)")
+    ] = None,
+) -> None:
+    """Merge runs into leaderboard tables (Parquet, Markdown, HTML) and plots."""
+    from rich.console import Console
+
+    from harness.leaderboard import DATA_COST_THRESHOLD, build_leaderboard, render_terminal
+
+    files = build_leaderboard(run_dirs, out, threshold=DATA_COST_THRESHOLD if threshold is None else threshold)
+    Console().print(render_terminal(files))
+    for name, path in files.paths().items():
+        typer.echo(f"{name}: {path}")
 
 
 @data_app.command("inspect")

@@ -136,7 +136,9 @@ def _prepare_data(cfg: ExperimentConfig) -> PreparedData:
     from harness.models import load_tokenizer
     from harness.tokenized import tokenize
 
-    corpus = load_corpus(cfg.data)
+    from harness.defend import cache_root
+
+    corpus = load_corpus(cfg.data, cache_dir=cache_root(cfg) / "data")
     tokenizer = load_tokenizer(cfg.model)
     columns = list(cfg.data.labels)
 
@@ -186,7 +188,6 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
     from harness.results import provenance, write_cell, write_cells_table
     from harness.search import CellPayload, run_cell, tune_dir
 
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     run_dir.mkdir(parents=True, exist_ok=True)
     clean_leftovers(run_dir)

@@ -23,7 +23,7 @@ from ray.tune import Stopper
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from harness.config import ExperimentConfig, ModelConfig, Resources
+from harness.config import ExperimentConfig, ModelConfig
 from harness.plugins import Attack, AttackContext, AttackOutcome, CellData
 from harness.results import hyperparameters_json
 from harness.space import Fixed, to_tune
@@ -112,17 +112,23 @@ def _rerun(holder: list, config: dict[str, Any], seed: int) -> tuple[AttackOutco
 
 # -- driver side ----------------------------------------------------------------------------------------------------
 class PlateauStopper(Stopper):
-    """Stop the search after `patience` finished trials without a new best validation accuracy."""
+    """Stop the search after `patience` finished trials without a new best validation accuracy.
+
+    Each trial counts once: Tune also calls stoppers with a function trainable's closing (done) result, which
+    repeats the last metrics and must not count as another trial without improvement.
+    """
 
     def __init__(self, patience: int):
         self.patience = patience
         self.best = float("-inf")
         self.since_best = 0
+        self.seen: set[str] = set()
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
         value = result.get(METRIC)
-        if value is None:
+        if value is None or trial_id in self.seen:
             return False
+        self.seen.add(trial_id)
         if value > self.best:
             self.best, self.since_best = value, 0
         else:
@@ -134,8 +140,16 @@ class PlateauStopper(Stopper):
 
 
 class _TrialCounter(tune.Callback):
+    """Advances the driver's progress bar; pickled with the Tuner's state without it (progress is not picklable)."""
+
     def __init__(self, on_trial: Callable[[], None]):
         self.on_trial = on_trial
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.on_trial = lambda: None
 
     def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001 - Ray's signature
         self.on_trial()

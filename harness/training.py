@@ -125,7 +125,7 @@ def fit(
     adapted = set(names)
     for n, p in model.named_parameters():
         p.requires_grad_(n in adapted)
-    labels = torch.from_numpy(train.labels[label])
+    labels = torch.as_tensor(np.array(train.labels[label]))  # object-store arrays are read-only
     use_features = features is not None and setting.adapt == "probe"
     # Dropout off: with budgets of 20-200 examples its noise would blur the comparison between trials.
     model.eval()

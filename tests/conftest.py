@@ -12,7 +12,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 

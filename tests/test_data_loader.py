@@ -1,0 +1,400 @@
+"""The data loader on Parquet files laid out like the published LabHC/bias_in_bios shards, and the bundled corpus."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from rich.console import Console
+
+from harness.config import DataConfig, ExperimentConfig, validate
+from harness.data import loader
+from harness.data.inspect import inspect_corpus, render_inspection
+from harness.data.loader import load_corpus, standin_dir
+from harness.data.scrub import count_gendered, scrub
+from harness.errors import UserError
+
+# The file names of the published shards (hub dataset LabHC/bias_in_bios).
+PUBLISHED = {
+    "train": "data/train-00000-of-00001-0ab65b32c47407e8.parquet",
+    "dev": "data/dev-00000-of-00001-e6551072fff26949.parquet",
+    "test": "data/test-00000-of-00001-5598c840ce8de1ee.parquet",
+}
+ROWS = {"train": 120, "dev": 40, "test": 40}
+
+_NAMES = (["James", "Robert", "Ahmed", "Wei"], ["Mary", "Priya", "Elena", "Aisha"])
+_PRONOUNS = ({"S": "He", "s": "he", "p": "his", "o": "him"}, {"S": "She", "s": "she", "p": "her", "o": "her"})
+_JOBS = ["accountant", "architect", "attorney", "chiropractor", "comedian"]
+_TEMPLATES = [
+    "{name} is a {job} based in Denver. {S} has worked in the field for {y} years and {s} is known for {p} care.",
+    "{S} received {p} degree from the University of Leeds and now works as a {job}. {S}'s been featured widely.",
+    "Clients describe {o} as patient. {S} lives in Lyon with {p} family and volunteers on weekends.",
+    "{name} began {p} career as an intern; today {s} runs {p} own practice as a {job}.",
+]
+
+
+def bios(n: int, seed: int) -> tuple[list[str], list[int], list[int]]:
+    """Deterministic biography-like rows: text with gendered pronouns, a profession (0-27), a gender (0/1)."""
+    rng = np.random.default_rng(seed)
+    texts, professions, genders = [], [], []
+    for i in range(n):
+        g = int(rng.integers(2))
+        job = int(rng.integers(len(_JOBS)))
+        template = _TEMPLATES[i % len(_TEMPLATES)]
+        texts.append(template.format(name=_NAMES[g][i % 4], job=_JOBS[job], y=3 + i % 20, **_PRONOUNS[g]))
+        professions.append(job)
+        genders.append(g)
+    return texts, professions, genders
+
+
+def hf_metadata(text_column: str = "hard_text") -> dict[bytes, bytes]:
+    """The `huggingface` schema metadata that `datasets` writes into published shards."""
+    features = {
+        text_column: {"dtype": "string", "_type": "Value"},
+        "profession": {"dtype": "int64", "_type": "Value"},
+        "gender": {"dtype": "int64", "_type": "Value"},
+    }
+    return {b"huggingface": json.dumps({"info": {"features": features}}).encode()}
+
+
+def write_shard(path: Path, n: int, seed: int, text_column: str = "hard_text", **override: pa.Array) -> Path:
+    texts, professions, genders = bios(n, seed)
+    columns = {
+        text_column: pa.array(texts, pa.string()),
+        "profession": pa.array(professions, pa.int64()),
+        "gender": pa.array(genders, pa.int64()),
+    }
+    columns.update(override)
+    table = pa.table(columns).replace_schema_metadata(hf_metadata(text_column))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+    return path
+
+
+def published(root: Path) -> Path:
+    for i, (split, name) in enumerate(PUBLISHED.items()):
+        write_shard(root / name, ROWS[split], seed=i)
+    return root
+
+
+@pytest.fixture
+def bib(tmp_path: Path) -> Path:
+    return published(tmp_path / "bias_in_bios")
+
+
+# -- happy paths -------------------------------------------------------------------------------------------------------
+
+
+def test_published_layout(bib: Path) -> None:
+    corpus = load_corpus(DataConfig(source=str(bib)))
+    assert list(corpus.splits) == ["train", "dev", "test"]
+    for split, ds in corpus.splits.items():
+        assert ds.column_names == ["text", "profession", "gender"]
+        assert ds.features["profession"].dtype == "int64" and ds.features["gender"].dtype == "int64"
+        assert len(ds) == ROWS[split]
+        assert corpus.scrub_left[split] == 0
+        assert not any(re.search(r"\b(he|she|his|her|him)\b", t, re.I) for t in ds["text"])
+        assert [Path(f).name for f in corpus.files[split]] == [Path(PUBLISHED[split]).name]
+    assert re.fullmatch(r"[0-9a-f]{16}", corpus.fingerprint)
+    assert corpus.source == str(bib)
+    # Labels come through unchanged and in order.
+    _, professions, genders = bios(ROWS["train"], seed=0)
+    assert corpus.splits["train"]["profession"] == professions
+    assert corpus.splits["train"]["gender"] == genders
+    assert corpus.splits["train"]["text"] == [scrub(t) for t in bios(ROWS["train"], seed=0)[0]]
+
+
+@pytest.mark.parametrize("layout", ["flat", "folders", "glob", "files", "files-glob"])
+def test_other_layouts(tmp_path: Path, layout: str) -> None:
+    root = tmp_path / "corpus"
+    for i, split in enumerate(["train", "dev", "test"]):
+        if layout == "flat":
+            write_shard(root / f"{split}-00000-of-00001.parquet", ROWS[split], seed=i)
+        else:  # two shards per split, which must be concatenated in name order
+            write_shard(root / split / "part-0.parquet", 10, seed=i)
+            write_shard(root / split / "part-1.parquet", 5, seed=10 + i)
+    if layout in ("flat", "folders"):
+        cfg = DataConfig(source=str(root))
+    elif layout == "glob":
+        cfg = DataConfig(source=str(root / "{split}" / "part-*.parquet"))
+    elif layout == "files":
+        cfg = validate(DataConfig, {"files": {s: [str(root / s / "part-0.parquet"), str(root / s / "part-1.parquet")]
+                                              for s in ("train", "dev", "test")}}, "test")
+    else:
+        cfg = validate(DataConfig, {"files": {s: [str(root / s / "part-*.parquet")] for s in ("train", "dev", "test")}},
+                       "test")
+    corpus = load_corpus(cfg)
+    for i, (split, ds) in enumerate(corpus.splits.items()):
+        if layout == "flat":
+            assert len(ds) == ROWS[split]
+        else:
+            assert len(ds) == 15
+            assert ds["gender"] == bios(10, i)[2] + bios(5, 10 + i)[2]
+        assert ds.column_names == ["text", "profession", "gender"]
+
+
+def test_custom_columns_and_narrow_ints(tmp_path: Path) -> None:
+    texts, _, genders = bios(30, seed=3)
+    for split in ("train", "dev", "test"):
+        table = pa.table({
+            "id": pa.array(range(30), pa.int32()),
+            "bio": pa.array(texts, pa.large_string()),
+            "job": pa.array([i % 3 for i in range(30)], pa.int8()),
+            "sex": pa.array(genders, pa.int32()),
+        })  # fmt: skip
+        (tmp_path / "data").mkdir(exist_ok=True)
+        pq.write_table(table, tmp_path / "data" / f"{split}-00000-of-00001.parquet")
+    cfg = DataConfig(source=str(tmp_path), text_column="bio", labels={"job": 3, "sex": 2})
+    corpus = load_corpus(cfg)
+    ds = corpus.splits["train"]
+    assert ds.column_names == ["text", "job", "sex"]
+    assert ds.features["job"].dtype == "int64" and ds.features["sex"].dtype == "int64"
+    assert ds["sex"] == genders
+
+
+def test_only_the_needed_splits(tmp_path: Path) -> None:
+    for i, split in enumerate(["train", "dev", "heldout"]):
+        write_shard(tmp_path / "data" / f"{split}-00000-of-00001.parquet", 20, seed=i)
+    corpus = load_corpus(DataConfig(source=str(tmp_path), test_split="heldout"))
+    assert list(corpus.splits) == ["train", "dev", "heldout"]
+    with pytest.raises(UserError, match=r"no Parquet shards for split 'test' \(tried data/test-\*\.parquet"):
+        load_corpus(DataConfig(source=str(tmp_path)))
+
+
+def test_fingerprint_is_content_based(bib: Path, tmp_path: Path) -> None:
+    base = load_corpus(DataConfig(source=str(bib))).fingerprint
+    moved = shutil.copytree(bib, tmp_path / "elsewhere")
+    assert load_corpus(DataConfig(source=str(moved))).fingerprint == base
+    assert load_corpus(DataConfig(source=str(bib), scrub_pronouns=False)).fingerprint != base
+    assert load_corpus(DataConfig(source=str(bib), labels={"gender": 2})).fingerprint != base
+    write_shard(moved / PUBLISHED["dev"], ROWS["dev"], seed=99)  # one changed file
+    assert load_corpus(DataConfig(source=str(moved))).fingerprint != base
+
+
+def test_scrub_off_keeps_pronouns(bib: Path) -> None:
+    corpus = load_corpus(DataConfig(source=str(bib), scrub_pronouns=False))
+    texts = corpus.splits["train"]["text"]
+    assert texts == bios(ROWS["train"], seed=0)[0]
+    assert corpus.scrub_left["train"] == sum(count_gendered(t) for t in texts) > 0
+
+
+def test_repeated_loads_are_independent_copies(bib: Path) -> None:
+    cfg = DataConfig(source=str(bib))
+    first = load_corpus(cfg)
+    first.splits["train"].set_format("numpy")  # mutates in place: must not leak into the next load
+    first.splits.pop("dev")
+    second = load_corpus(cfg)
+    assert list(second.splits) == ["train", "dev", "test"]
+    assert isinstance(second.splits["train"][0]["text"], str)
+    assert second.fingerprint == first.fingerprint
+
+
+def test_cache_dir(bib: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "cache"
+    cfg = DataConfig(source=str(bib))
+    corpus = load_corpus(cfg, cache_dir=cache)
+    folder = cache / corpus.fingerprint
+    assert sorted(p.name for p in folder.iterdir()) == ["corpus.json", "dev.parquet", "test.parquet", "train.parquet"]
+    # Mark the cached copy, forget the in-process memo, and check that the next load reads the cache.
+    table = pq.read_table(folder / "dev.parquet")
+    marked = table.set_column(0, "text", pa.array(["cached"] * table.num_rows))
+    pq.write_table(marked, folder / "dev.parquet")
+    monkeypatch.setattr(loader, "_MEMO", type(loader._MEMO)())
+    again = load_corpus(cfg, cache_dir=cache)
+    assert again.splits["dev"]["text"][0] == "cached"
+    assert again.splits["train"]["text"] == corpus.splits["train"]["text"]
+    assert again.scrub_left == corpus.scrub_left and again.files == corpus.files
+
+
+# -- errors ------------------------------------------------------------------------------------------------------------
+
+
+def test_missing_directory(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"nope': directory not found"):
+        load_corpus(DataConfig(source=str(tmp_path / "nope")))
+
+
+def test_file_where_directory_expected(bib: Path) -> None:
+    with pytest.raises(UserError, match=r"is a file, expected a directory"):
+        load_corpus(DataConfig(source=str(bib / PUBLISHED["train"])))
+
+
+def test_no_shards_names_patterns(bib: Path) -> None:
+    (bib / PUBLISHED["test"]).unlink()
+    with pytest.raises(UserError) as err:
+        load_corpus(DataConfig(source=str(bib)))
+    msg = str(err.value)
+    assert "split 'test'" in msg and "data/test-*.parquet" in msg and "test/*.parquet" in msg
+    assert "data/train-00000-of-00001-0ab65b32c47407e8.parquet" in msg  # what is there
+
+
+def test_missing_column(bib: Path) -> None:
+    texts, professions, _ = bios(ROWS["dev"], seed=1)
+    pq.write_table(pa.table({"hard_text": texts, "profession": professions}), bib / PUBLISHED["dev"])
+    with pytest.raises(UserError) as err:
+        load_corpus(DataConfig(source=str(bib)))
+    msg = str(err.value)
+    assert PUBLISHED["dev"] in msg and "missing column 'gender'" in msg
+    assert "columns present: hard_text, profession" in msg
+
+
+def test_wrong_text_column_name(bib: Path) -> None:
+    with pytest.raises(UserError, match=r"missing column 'bio' \(data.text_column\); columns present: hard_text"):
+        load_corpus(DataConfig(source=str(bib), text_column="bio"))
+
+
+@pytest.mark.parametrize(("value", "shown"), [(2, "value 2"), (-1, "value -1")])
+def test_label_out_of_range(bib: Path, value: int, shown: str) -> None:
+    genders = bios(ROWS["train"], seed=0)[2]
+    genders[7] = value
+    write_shard(bib / PUBLISHED["train"], ROWS["train"], seed=0, gender=pa.array(genders, pa.int64()))
+    with pytest.raises(UserError) as err:
+        load_corpus(DataConfig(source=str(bib)))
+    msg = str(err.value)
+    assert PUBLISHED["train"] in msg and "'gender'" in msg and shown in msg and "[0, 2)" in msg
+
+
+def test_too_few_declared_classes(bib: Path) -> None:
+    with pytest.raises(UserError, match=r"'profession' has value 4 outside \[0, 3\)"):
+        load_corpus(DataConfig(source=str(bib), labels={"profession": 3, "gender": 2}))
+
+
+def test_null_text(bib: Path) -> None:
+    texts = bios(ROWS["dev"], seed=1)[0]
+    texts[5] = None  # type: ignore[call-overload]
+    write_shard(bib / PUBLISHED["dev"], ROWS["dev"], seed=1, hard_text=pa.array(texts, pa.string()))
+    with pytest.raises(UserError, match=r"dev-.*'hard_text' has 1 null value\(s\) \(first at row 5\)"):
+        load_corpus(DataConfig(source=str(bib)))
+
+
+def test_non_string_text(bib: Path) -> None:
+    write_shard(bib / PUBLISHED["dev"], 3, seed=1, hard_text=pa.array([1, 2, 3], pa.int64()))
+    with pytest.raises(UserError, match=r"'hard_text' has type int64, expected strings"):
+        load_corpus(DataConfig(source=str(bib)))
+
+
+def test_float_labels(bib: Path) -> None:
+    write_shard(bib / PUBLISHED["test"], 3, seed=2, gender=pa.array([0.0, 1.0, 0.5]))
+    with pytest.raises(UserError, match=r"label column 'gender' has type double, expected integers"):
+        load_corpus(DataConfig(source=str(bib)))
+
+
+def test_empty_split(bib: Path) -> None:
+    write_shard(bib / PUBLISHED["dev"], 0, seed=1)
+    with pytest.raises(UserError, match=r"split 'dev' is empty"):
+        load_corpus(DataConfig(source=str(bib)))
+
+
+def test_not_parquet(bib: Path) -> None:
+    (bib / PUBLISHED["dev"]).write_text("hard_text,profession,gender\n")
+    with pytest.raises(UserError, match=r"dev-00000.*not a readable Parquet file"):
+        load_corpus(DataConfig(source=str(bib)))
+
+
+def test_explicit_file_errors(bib: Path) -> None:
+    files = {s: [str(bib / p)] for s, p in PUBLISHED.items()}
+    missing = dict(files, dev=[str(bib / "data" / "gone.parquet")])
+    with pytest.raises(UserError, match=r"gone.parquet: file not found \(split 'dev'\)"):
+        load_corpus(validate(DataConfig, {"files": missing}, "t"))
+    folder = dict(files, test=[str(bib / "data")])
+    with pytest.raises(UserError, match=r"data: is a directory, expected a Parquet file"):
+        load_corpus(validate(DataConfig, {"files": folder}, "t"))
+    with pytest.raises(UserError, match=r"data.files has no split 'validation'"):
+        load_corpus(validate(DataConfig, {"files": files, "validation_split": "validation"}, "t"))
+    with pytest.raises(UserError, match=r"no files match for split 'train'"):
+        load_corpus(validate(DataConfig, {"files": dict(files, train=[str(bib / "x-*.parquet")])}, "t"))
+
+
+def test_glob_without_matches(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"bib/train-\*\.parquet: no files match for split 'train'"):
+        load_corpus(DataConfig(source=str(tmp_path / "bib" / "{split}-*.parquet")))
+
+
+def test_label_named_like_text_column(bib: Path) -> None:
+    with pytest.raises(UserError, match=r"'hard_text' is the text column"):
+        load_corpus(DataConfig(source=str(bib), labels={"hard_text": 2, "gender": 2}))
+
+
+@pytest.mark.parametrize("var", ["HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"])
+def test_hub_offline_fails_at_once(monkeypatch: pytest.MonkeyPatch, var: str) -> None:
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setenv(var, "1")
+    start = time.perf_counter()
+    with pytest.raises(UserError, match=rf"'LabHC/bias_in_bios': no such local directory, and {var}=1 forbids"):
+        load_corpus(DataConfig(source="LabHC/bias_in_bios"))
+    assert time.perf_counter() - start < 1.0
+
+
+# -- the bundled corpus and inspection -------------------------------------------------------------------------------
+
+needs_standin = pytest.mark.skipif(
+    not standin_dir().is_dir(), reason=f"bundled stand-in corpus not generated yet ({standin_dir()})"
+)
+
+
+@needs_standin
+def test_standin_loads_fast_through_the_same_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    load_corpus(DataConfig(source="standin", scrub_pronouns=False))  # warm imports and the file hash memo
+    monkeypatch.setattr(loader, "_MEMO", type(loader._MEMO)())  # time a real read and scrub, not a memo hit
+    start = time.perf_counter()
+    corpus = load_corpus(DataConfig())
+    elapsed = time.perf_counter() - start
+    assert corpus.source.startswith("standin")
+    assert list(corpus.splits) == ["train", "dev", "test"]
+    for split, ds in corpus.splits.items():
+        assert ds.column_names == ["text", "profession", "gender"]
+        assert len(ds) > 0
+        assert [Path(f).name for f in corpus.files[split]] == [f"{split}-00000-of-00001.parquet"]
+        assert set(ds.unique("gender")) == {0, 1}
+        assert corpus.scrub_left[split] == 0, f"{split}: gendered words survived scrubbing"
+    assert elapsed < 5.0, f"loading the stand-in corpus took {elapsed:.2f}s"
+
+
+def _experiment(source: str, budgets: list[int]) -> ExperimentConfig:
+    return validate(
+        ExperimentConfig,
+        {
+            "experiment": "inspect-test",
+            "data": {"source": source, "validation_size": 100},
+            "budgets": budgets,
+            "defenses": [{"name": "bert"}],
+            "attacks": [{"name": "finetune"}],
+        },
+        "test",
+    )
+
+
+def test_inspect(bib: Path) -> None:
+    report = inspect_corpus(_experiment(str(bib), [4, 10]))
+    json.dumps(report)  # plain data, so the CLI can also print it as JSON
+    assert report["splits"]["train"]["rows"] == ROWS["train"]
+    assert report["splits"]["dev"]["role"] == "validation"
+    genders = report["splits"]["train"]["labels"]["gender"]["counts"]
+    assert sum(genders) == ROWS["train"] and len(genders) == 2
+    assert len(report["splits"]["train"]["labels"]["profession"]["counts"]) == 28
+    assert all(s["scrub_left"] == 0 for s in report["splits"].values())
+    assert len(report["samples"]) == 3 and count_gendered(" ".join(report["samples"])) == 0
+    assert {b: sum(c) for b, c in report["budgets"].items()} == {"4": 4, "10": 10}
+    # The fixture writes he/his for gender 0 and she/her for gender 1; the check must see that.
+    check = report["pronouns_by_class"]["classes"]
+    assert check["0"]["mostly_male"] == 1.0 and check["1"]["mostly_female"] == 1.0
+    assert any("fewer than the 100" in w for w in report["warnings"])  # dev has 40 rows
+    console = Console(file=io.StringIO(), width=120, record=True)
+    console.print(render_inspection(report))
+    out = console.export_text()
+    assert "label balance: gender" in out and "0 male" in out and "fingerprint" in out
+
+
+def test_inspect_reports_an_impossible_budget(bib: Path) -> None:
+    report = inspect_corpus(_experiment(str(bib), [10, 500]))
+    assert report["budgets"] == {}
+    assert any("budget 500 exceeds the training pool of 120" in w for w in report["warnings"])
