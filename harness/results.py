@@ -8,7 +8,6 @@ A run directory holds
 
 from __future__ import annotations
 
-import json
 import platform
 import subprocess
 from pathlib import Path
@@ -180,6 +179,3 @@ def write_cells_table(run_dir: Path) -> Path:
     table = read_cells(run_dir).replace_schema_metadata(_metadata("cells"))
     return write_table(Path(run_dir, "cells.parquet"), table)
 
-
-def hyperparameters_json(config: dict[str, Any]) -> str:
-    return json.dumps(config, sort_keys=True, default=float)

@@ -117,6 +117,11 @@ def run_experiment(
     if dry_run:
         return plan
     _writable(run_dir)
+    if not plan.todo:
+        from harness.results import write_cells_table
+
+        tables = {"trials": run_dir / "trials", "cells": write_cells_table(run_dir)}
+        return RunSummary(run_dir, 0, len(plan.cells), 0, time.perf_counter() - started, tables)
     return _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, started)
 
 
@@ -187,8 +192,12 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
     from harness.plugins import CellData
     from harness.results import provenance, write_cell, write_cells_table
     from harness.search import CellPayload, run_cell, tune_dir
+    from harness.workers import WorkerPool
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     run_dir.mkdir(parents=True, exist_ok=True)
     clean_leftovers(run_dir)
     write_text_atomic(
@@ -212,50 +221,54 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
     summary = RunSummary(run_dir, 0, len(plan.cells) - len(todo), 0, 0.0)
     defense_specs = {d.name: d for d in cfg.defenses}
     train_remote = ray.remote(train_defense)
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=False,
-    ) as progress:
-        cells_bar = progress.add_task("cells", total=len(plan.cells), completed=summary.cells_skipped)
-        trials_bar = progress.add_task("trials", total=len(todo) * plan.trials_per_cell)
-        for defense_name in dict.fromkeys(c.defense for c in todo):
-            spec = defense_specs[defense_name]
-            resources = cfg.defense_training.resources
-            weights = ray.get(
-                train_remote.options(num_cpus=resources.cpu, num_gpus=resources.gpu).remote(
-                    cfg, spec, prepared.train, prepared.fingerprint, 0
+    pool = WorkerPool(cfg.search.max_concurrent, cfg.search.resources_per_trial)
+    try:
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=console, transient=False,
+        ) as progress:
+            cells_bar = progress.add_task("cells", total=len(plan.cells), completed=summary.cells_skipped)
+            trials_bar = progress.add_task("trials", total=len(todo) * plan.trials_per_cell)
+            for defense_name in dict.fromkeys(c.defense for c in todo):
+                spec = defense_specs[defense_name]
+                resources = cfg.defense_training.resources
+                weights = ray.get(
+                    train_remote.options(num_cpus=resources.cpu, num_gpus=resources.gpu).remote(
+                        cfg, spec, prepared.train, prepared.fingerprint, 0
+                    )
                 )
-            )
-            state = load_defended(weights)
-            progress.console.log(
-                f"defense {defense_name}: {'cached' if weights.cached else f'trained in {weights.train_seconds:.0f}s'}"
-                f" ({weights.path})"
-            )
-            features = _feature_cache(cfg, state, attacks, prepared)
-            for cell in [c for c in todo if c.defense == defense_name]:
-                progress.update(trials_bar, description=f"trials {cell.cell_id}")
-                rows_idx = prepared.budget_rows[(cell.task, cell.seed)][cell.budget]
-                attack = attacks[cell.attack]
-                data = CellData(prepared.train.subset(rows_idx), prepared.val, prepared.test,
-                                cell.task, cfg.data.labels[cell.task])
-                cell_features = features(cell, rows_idx) if attack.needs_features() else None
-                payload = CellPayload(cfg.model, state, data, cell_features, attack,
-                                      cfg.search.eval_every, cfg.search.resources_per_trial.cpu)
-                trial_rows, cell_row = run_cell(
-                    cfg, cell, payload, storage=storage, resume=resume,
-                    on_trial=lambda: progress.advance(trials_bar),
+                state = load_defended(weights)
+                progress.console.log(
+                    f"defense {defense_name}: {'cached' if weights.cached else f'trained in {weights.train_seconds:.0f}s'}"
+                    f" ({weights.path})"
                 )
-                keys = {"defense": cell.defense, "attack": cell.attack, "task": cell.task,
-                        "budget": cell.budget, "seed": cell.seed, "cell_id": cell.cell_id,
-                        "task_role": cell.task_role}
-                stamp = {**common, "defense_fingerprint": weights.fingerprint}
-                trial_rows = [{**keys, **row, **stamp} for row in trial_rows]
-                cell_row = {**keys, **cell_row, **stamp}
-                write_cell(run_dir, trial_rows, cell_row)
-                write_cells_table(run_dir)
-                summary.cells_run += 1
-                summary.cells_failed += cell_row["status"] == "failed"
-                progress.advance(cells_bar)
+                features = _feature_cache(cfg, state, attacks, prepared)
+                for cell in [c for c in todo if c.defense == defense_name]:
+                    progress.update(trials_bar, description=f"trials {cell.cell_id}")
+                    rows_idx = prepared.budget_rows[(cell.task, cell.seed)][cell.budget]
+                    attack = attacks[cell.attack]
+                    data = CellData(prepared.train.subset(rows_idx), prepared.val, prepared.test,
+                                    cell.task, cfg.data.labels[cell.task])
+                    cell_features = features(cell, rows_idx) if attack.needs_features() else None
+                    payload = CellPayload(cfg.model, state, data, cell_features, attack,
+                                          cfg.search.eval_every, cfg.search.resources_per_trial.cpu)
+                    trial_rows, cell_row = run_cell(
+                        cfg, cell, payload, pool=pool, storage=storage, resume=resume,
+                        on_trial=lambda: progress.advance(trials_bar),
+                    )
+                    keys = {"defense": cell.defense, "attack": cell.attack, "task": cell.task,
+                            "budget": cell.budget, "seed": cell.seed, "cell_id": cell.cell_id,
+                            "task_role": cell.task_role}
+                    stamp = {**common, "defense_fingerprint": weights.fingerprint}
+                    trial_rows = [{**keys, **row, **stamp} for row in trial_rows]
+                    cell_row = {**keys, **cell_row, **stamp}
+                    write_cell(run_dir, trial_rows, cell_row)
+                    write_cells_table(run_dir)
+                    summary.cells_run += 1
+                    summary.cells_failed += cell_row["status"] == "failed"
+                    progress.advance(cells_bar)
+    finally:
+        pool.shutdown()
     summary.tables = {"trials": run_dir / "trials", "cells": write_cells_table(run_dir)}
     summary.seconds = time.perf_counter() - started
     return summary

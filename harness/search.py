@@ -6,8 +6,6 @@ seeds and scored on the held-out test split, which no search trial evaluates.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import statistics
 import time
@@ -24,14 +22,13 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from harness.config import ExperimentConfig, ModelConfig
-from harness.plugins import Attack, AttackContext, AttackOutcome, CellData
-from harness.results import hyperparameters_json
+from harness.plugins import Attack, CellData
 from harness.space import Fixed, to_tune
 from harness.training import Features
+from harness.trial import METRIC, config_json, derive_seed, proxy_trial
+from harness.workers import WorkerPool
 
 log = logging.getLogger(__name__)
-
-METRIC = "val_accuracy"
 
 
 @dataclass(frozen=True)
@@ -59,55 +56,6 @@ class CellPayload:
     attack: Attack
     eval_every: int
     cpus: float
-
-
-def derive_seed(*parts: Any) -> int:
-    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
-
-
-# -- executed on Ray workers -----------------------------------------------------------------------------------------
-_WORKER_PAYLOAD: dict[str, CellPayload] = {}
-
-
-def _payload(holder: list) -> CellPayload:
-    ref = holder[0]
-    key = ref.hex()
-    if key not in _WORKER_PAYLOAD:
-        _WORKER_PAYLOAD.clear()  # one cell at a time per worker: free the previous cell's weights
-        _WORKER_PAYLOAD[key] = ray.get(ref)
-    return _WORKER_PAYLOAD[key]
-
-
-def attack_once(payload: CellPayload, config: dict[str, Any], seed: int, score_test: bool) -> AttackOutcome:
-    torch.set_num_threads(max(1, int(payload.cpus)))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    ctx = AttackContext(payload.model, payload.encoder_state, payload.data, payload.features, payload.eval_every, device)
-    torch.manual_seed(seed)
-    return payload.attack.run(ctx, config, seed, score_test)
-
-
-def _trial(config: dict[str, Any], holder: list, cell_seed: int) -> None:
-    started = time.perf_counter()
-    payload = _payload(holder)
-    seed = derive_seed(cell_seed, hyperparameters_json(config))
-    outcome = attack_once(payload, config, seed, score_test=False)
-    tune.report(
-        {
-            METRIC: outcome.val_accuracy,
-            "steps_run": outcome.steps_run,
-            "best_step": outcome.best_step,
-            "trial_seed": seed,
-            "compute_seconds": time.perf_counter() - started,
-        }
-    )
-
-
-@ray.remote
-def _rerun(holder: list, config: dict[str, Any], seed: int) -> tuple[AttackOutcome, float]:
-    started = time.perf_counter()
-    outcome = attack_once(_payload(holder), config, seed, score_test=True)
-    return outcome, time.perf_counter() - started
 
 
 # -- driver side ----------------------------------------------------------------------------------------------------
@@ -170,6 +118,7 @@ def run_cell(
     cell: Cell,
     payload: CellPayload,
     *,
+    pool: WorkerPool,
     storage: str,
     resume: bool,
     on_trial: Callable[[], None] = lambda: None,
@@ -178,9 +127,11 @@ def run_cell(
     started = time.perf_counter()
     search = cfg.search
     holder = [ray.put(payload)]
+    # The proxies reserve the trial's CPUs in Tune's accounting; the pool's workers hold the GPUs.
     trainable = tune.with_resources(
-        tune.with_parameters(_trial, holder=holder, cell_seed=cell.seed),
-        {"cpu": search.resources_per_trial.cpu, "gpu": search.resources_per_trial.gpu},
+        tune.with_parameters(proxy_trial, holder=holder, cell_seed=cell.seed, workers=pool.queue,
+                             replace_worker=pool.replacement_factory()),
+        {"cpu": search.resources_per_trial.cpu},
     )
     space = payload.attack.space
     fixed = {k: v.value for k, v in space.items() if isinstance(v, Fixed)}
@@ -223,7 +174,7 @@ def run_cell(
                 "phase": "search",
                 "trial_id": metrics.get("trial_id") or Path(result.path).name,
                 "trial_seed": metrics.get("trial_seed"),
-                "hyperparameters": hyperparameters_json(config),
+                "hyperparameters": config_json(config),
                 "val_accuracy": metrics.get(METRIC) if ok else None,
                 "test_accuracy": None,
                 "steps_run": metrics.get("steps_run"),
@@ -249,23 +200,23 @@ def run_cell(
     # Ties go to the earliest trial, so selection does not depend on the order results came back in.
     best = max(good, key=lambda r: (r["val_accuracy"], -rows.index(r)))
     seeds = [derive_seed(cell.cell_id, "rerun", i) for i in range(search.reruns)]
-    resources = {"num_cpus": search.resources_per_trial.cpu, "num_gpus": search.resources_per_trial.gpu}
-    futures = [_rerun.options(**resources, max_retries=search.max_failures).remote(holder, best["_config"], s) for s in seeds]
+    futures = [pool.handles[i % len(pool.handles)].run.remote(holder, best["_config"], seed, True)
+               for i, seed in enumerate(seeds)]
     reruns = []
-    for seed, (outcome, seconds) in zip(seeds, ray.get(futures)):
+    for i, (seed, outcome) in enumerate(zip(seeds, ray.get(futures))):
         reruns.append(
             {
                 "phase": "rerun",
-                "trial_id": f"rerun-{seeds.index(seed)}",
+                "trial_id": f"rerun-{i}",
                 "trial_seed": seed,
                 "hyperparameters": best["hyperparameters"],
-                "val_accuracy": outcome.val_accuracy,
-                "test_accuracy": outcome.test_accuracy,
-                "steps_run": outcome.steps_run,
-                "best_step": outcome.best_step,
+                "val_accuracy": outcome["val_accuracy"],
+                "test_accuracy": outcome["test_accuracy"],
+                "steps_run": outcome["steps_run"],
+                "best_step": outcome["best_step"],
                 "status": "ok",
                 "error": None,
-                "wall_seconds": seconds,
+                "wall_seconds": outcome["seconds"],
             }
         )
         on_trial()

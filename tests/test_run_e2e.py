@@ -1,0 +1,96 @@
+"""One real `sdm run` of the smoke config through the CLI, a local Ray instance, Tune, Optuna and Parquet."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from harness.results import SCHEMA_VERSION, read_cells, read_trials
+from tests.conftest import SMOKE, sdm_command
+
+
+def sdm(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([*sdm_command(), *args], cwd=cwd, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    work = tmp_path_factory.mktemp("e2e")
+    out = work / "run"
+    result = sdm("run", str(SMOKE), "--out", str(out), cwd=work)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+def test_run_writes_trials_and_cells(smoke_run):
+    out, result = smoke_run
+    cells = read_cells(out).to_pylist()
+    # 2 defenses x 1 attack x 2 tasks x 2 budgets x 1 seed
+    assert len(cells) == 8 and {c["status"] for c in cells} == {"ok"}
+    assert {(c["defense"], c["task"], c["budget"]) for c in cells} == {
+        (d, t, b) for d in ("random-init", "bert") for t in ("gender", "profession") for b in (30, 60)
+    }
+    trials = read_trials(out).to_pylist()
+    for cell in cells:
+        rows = [t for t in trials if t["cell_id"] == cell["cell_id"]]
+        search = [t for t in rows if t["phase"] == "search"]
+        reruns = [t for t in rows if t["phase"] == "rerun"]
+        assert 1 <= len(search) <= 3 and len(reruns) == 2
+        # selection never sees test: search trials carry no test accuracy
+        assert all(t["test_accuracy"] is None for t in search)
+        assert all(0.0 <= t["test_accuracy"] <= 1.0 for t in reruns)
+        best = max(t["val_accuracy"] for t in search if t["status"] == "ok")
+        assert cell["best_val_accuracy"] == pytest.approx(best)
+        assert cell["test_accuracy"] == pytest.approx(sum(t["test_accuracy"] for t in reruns) / 2)
+        assert all(json.loads(t["hyperparameters"]) == json.loads(cell["best_hyperparameters"]) for t in reruns)
+        params = json.loads(search[0]["hyperparameters"])
+        assert 5 <= params["steps"] <= 20 and params["batch_size"] in (8, 16) and params["mode"] in ("probe", "full")
+    row = trials[0]
+    assert row["schema_version"] == SCHEMA_VERSION and row["model_id"].startswith("tiny-bert")
+    assert row["data_fingerprint"] and row["defense_fingerprint"] and row["torch_version"]
+    meta = pq.read_schema(out / "cells.parquet").metadata
+    assert meta[b"sdm_bench_schema_version"] == str(SCHEMA_VERSION).encode()
+    assert "cells:" in result.stdout and "leaderboard" in result.stdout
+    assert (out / "leaderboard" / "leaderboard.html").stat().st_size > 0
+
+
+def test_rerun_skips_finished_cells(smoke_run):
+    out, _ = smoke_run
+    before = read_trials(out).num_rows
+    result = sdm("run", str(SMOKE), "--out", str(out), cwd=out.parent)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "0 cells run, 8 already finished" in result.stderr
+    assert read_trials(out).num_rows == before
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path):
+    result = sdm("run", str(SMOKE), "--out", str(tmp_path / "dry"), "--dry-run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "8 cells to run, at most 40 trials" in result.stdout
+    assert not (tmp_path / "dry").exists()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("defenses.0.name=random-int", "unknown defense 'random-int' (did you mean 'random-init'?)"),
+        ("attacks.0.name=fintune", "unknown attack 'fintune' (did you mean 'finetune'?)"),
+        ("search.max_concurent=2", "unknown field 'search.max_concurent' (did you mean 'max_concurrent'?)"),
+        ("search.num_samples=lots", "search.num_samples"),
+        ("attacks.0.space.stepz=3", "no search dimension 'stepz' (did you mean 'steps'?)"),
+        ("budgets=[0]", "budget 0 must be a positive"),
+        ("budgets=[100000]", "100000"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path: Path, override: str, message: str):
+    out = tmp_path / "bad"
+    result = sdm("run", str(SMOKE), "--out", str(out), "--set", override, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists()
