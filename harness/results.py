@@ -58,7 +58,7 @@ TRIAL_SCHEMA = pa.schema(
         pa.field("test_accuracy", pa.float64()),  # null for search trials: selection never sees test
         pa.field("steps_run", pa.int64()),
         pa.field("best_step", pa.int64()),
-        pa.field("status", pa.string()),  # ok | error
+        pa.field("status", pa.string()),  # ok | error | stopped (ended early by the plateau stop)
         pa.field("error", pa.string()),
         pa.field("wall_seconds", pa.float64()),
         *PROVENANCE_FIELDS,

@@ -169,6 +169,8 @@ def run_cell(
         metrics = result.metrics or {}
         config = {k: v for k, v in (result.config or {}).items()}
         ok = result.error is None and metrics.get(METRIC) is not None
+        # No error and no result: the plateau stop ended the search while this trial was still running.
+        status = "ok" if ok else ("error" if result.error is not None else "stopped")
         rows.append(
             {
                 "phase": "search",
@@ -179,8 +181,8 @@ def run_cell(
                 "test_accuracy": None,
                 "steps_run": metrics.get("steps_run"),
                 "best_step": metrics.get("best_step"),
-                "status": "ok" if ok else "error",
-                "error": None if ok else _error_text(result.error),
+                "status": status,
+                "error": _error_text(result.error) if status == "error" else None,
                 "wall_seconds": metrics.get("compute_seconds"),
                 "_config": config,
             }
@@ -188,7 +190,7 @@ def run_cell(
     good = [r for r in rows if r["status"] == "ok"]
     cell_row: dict[str, Any] = {
         "n_trials": len(rows),
-        "n_failed": len(rows) - len(good),
+        "n_failed": sum(r["status"] == "error" for r in rows),
         "selection": search.selection,
     }
     if not good:
@@ -242,9 +244,7 @@ def _discard(path: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _error_text(error: BaseException | None) -> str:
-    if error is None:
-        return "no result reported"
+def _error_text(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     # Ray wraps the trial's exception; its last line names the original error.
     return (text[-1] if text else type(error).__name__)[:500]
