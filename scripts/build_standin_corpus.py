@@ -46,8 +46,9 @@ DEFAULT_OUT = REPO_ROOT / "harness" / "data" / "standin"
 # --------------------------------------------------------------------------------------------------------------------
 
 # Label order and per-profession proportions (%) from the LabHC/bias_in_bios dataset card (Ravfogel et al. 2020
-# version of De-Arteaga et al. 2019). Female shares are estimates consistent with De-Arteaga et al. 2019 (Fig. 1 and
-# the published range of 12-93 % female, rapper lowest, dietitian highest); their weighted mean, 46.2 %, matches the
+# version of De-Arteaga et al. 2019). The card gives no per-profession gender split, so the female shares are
+# estimates: the published extremes (rapper about 12 %, dietitian about 93 % female) and the well-known skews (nurse
+# about 91 %, surgeon and software engineer about 15 %) anchor them, and their weighted mean, 46.2 %, matches the
 # card's overall 46.1 % female.
 PROFESSIONS: list[tuple[str, float, float]] = [
     # (name, proportion %, female share)
@@ -98,6 +99,7 @@ PARAMS: dict = {
     "content_noise_rate": 0.06,
     # Share of bios with a gendered word other than a pronoun ("her husband", "father of three").
     "gendered_word_rate": 0.03,
+    # First names: births in these years (people of working age in the 2010s), the most frequent N names per sex.
     "name_years": [1945, 1995],
     "names_per_sex": 1500,
 }
@@ -119,7 +121,7 @@ class ProfessionSpec:
     orgs: list[str]
     groups: list[str]
     doctor: bool = False  # referred to as "Dr. Surname" in part of the surname-only bios
-    phrases: list["Phrase"] = field(default_factory=list)
+    phrases: list[Phrase] = field(default_factory=list)
 
 
 SPECS: dict[str, ProfessionSpec] = {
@@ -293,7 +295,8 @@ SPECS: dict[str, ProfessionSpec] = {
         ["physician", "family physician", "internist"],
         ["general practitioner ", "Medical doctors  ", "Generalist medical practitioners  "],
         ["29-1215.00", "29-1299.01"],
-        [r"\bmedical\b", r"\bdiagnos", r"\bdiseases?\b", r"\bpatients?\b", r"prescri", r"\bclinical\b", r"\bmedicine\b"],
+        [r"\bmedical\b", r"\bdiagnos", r"\bdiseases?\b", r"\bpatients?\b", r"prescri", r"\bclinical\b",
+         r"\bmedicine\b"],
         ["internal medicine", "family medicine", "cardiology", "pediatrics", "geriatric medicine",
          "infectious diseases", "endocrinology", "gastroenterology"],
         ["{city} Medical Center", "a primary care practice", "the {univ} Hospital"],
@@ -521,7 +524,8 @@ GERUND_FRAMES = ["{Pc} work involves {g}.", "{S} has extensive experience {g}.",
 HAND_FRAMES: dict[str, list[str]] = {
     "focus": ["{S} specializes in {focus}.", "{Pc} work focuses on {focus}.",
               "{S} has a particular interest in {focus} and {focus2}.", "{S} is best known for {P} work in {focus}."],
-    "degree": ["{S} holds {degree}.", "{S} earned {degree} in {year}.", "{S} completed {degree} before moving to {city}."],
+    "degree": ["{S} holds {degree}.", "{S} earned {degree} in {year}.",
+               "{S} completed {degree} before moving to {city}."],
     "place": ["{S} works at {place}.", "{S} is currently based at {place}.", "{S} joined {place} in {year}."],
     "org": ["{S} is a member of {org}.", "{S} serves on the board of {org}."],
     "title": ["{S} has worked as a {title} for {n} years.", "{S} became a {title} in {year}."],
@@ -602,7 +606,7 @@ CUT_MARKERS = [" such as ", ", including ", " in order to ", " to ensure ", " ac
 # stowage plans" for a composer), and skill texts written to the reader ("through your performance").
 OFF_TOPIC = re.compile(r"\b(vessels?|ships?|piglet|livestock|horses?|equine|animals?|pets?|insemina\w*|stowage|"
                        r"chimney|railway|airport|aircraft|tobacco|concrete|silo|grain|machinery|machines?|vehicles?|"
-                       r"your|you|fish|cargo|mining|welding|plant)\b", flags=re.I)
+                       r"your|you|fish|cargo|mining|welding|plant)\b", flags=re.IGNORECASE)
 MAX_WORDS = 15
 MIN_WORDS = 3
 
@@ -738,7 +742,7 @@ def gerund_task_to_phrase(task: str, source: str) -> Phrase | None:
 def esco_tasks(text: str) -> list[str]:
     """Task lines of an ISCO group text: '(a)  giving clients legal advice ...;' or 'Tasks performed usually
     include: a; b; c.'"""
-    tasks = [m.group(1) for m in re.finditer(r"^\([a-z]\)\s+(.+?)$", text, flags=re.M)]
+    tasks = [m.group(1) for m in re.finditer(r"^\([a-z]\)\s+(.+?)$", text, flags=re.MULTILINE)]
     m = re.search(r"Tasks performed usually include:(.*?)(?:\n|$)", text)
     if m:
         tasks += [t.strip() for t in m.group(1).split(";")]
@@ -767,7 +771,7 @@ def package_dir(name: str) -> Path:
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit(f"package {name!r} is not installed; see this script's docstring for the build environment")
-    return Path(list(spec.submodule_search_locations)[0])
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def load_sources() -> dict:
@@ -823,7 +827,7 @@ def build_phrases(sources: dict, rng: random.Random, max_skill_phrases: int = 30
             for sentence in re.split(r"(?<=\.)\s+", clean_text(description.iloc[0])):
                 phrases.append(imperative_to_phrase(sentence, "onet", possessive_their=False))
         # Match keywords on the skill's labels only: definitions mention 'perform' or 'operate' in every field.
-        pattern = re.compile("|".join(spec.skill_keywords), flags=re.I)
+        pattern = re.compile("|".join(spec.skill_keywords), flags=re.IGNORECASE)
         matched = [(labels, definition) for labels, definition in skill_parts if pattern.search(labels)]
         skill_phrases = []
         for labels, definition in matched:
@@ -900,21 +904,20 @@ class Person:
         return f"Dr. {self.last}" if self.doctor_title else self.last
 
 
-def fill(template: str, person: Person, use_name: bool, slots: dict[str, str], rng: random.Random) -> tuple[str, bool]:
-    """Render one sentence; returns it and whether the person's name went in (a sentence like 'Colleagues describe
-    him as ...' has no subject slot for it)."""
+def fill(template: str, person: Person, use_name: bool, slots: dict[str, str], rng: random.Random) -> str:
+    """Render one sentence. With use_name, the first subject or possessive slot gets the name; a sentence without
+    one ('Colleagues describe him as ...') leaves person.named unset, so the next sentence takes the name."""
     values = dict(slots)
     values.update(PRONOUNS[person.gender])
-    named = False
     if use_name:
         for slot, suffix in (("S", ""), ("s", ""), ("Pc", "'s")):
             if "{" + slot + "}" in template:
                 values[slot] = person.name(rng) + suffix
-                person.named = named = True
+                person.named = True
                 break
     # Two passes: phrase slots can themselves contain {P} / {R}.
     text = template.format(**values)
-    return (text.format(**values) if "{" in text else text), named
+    return text.format(**values) if "{" in text else text
 
 
 def fmt_slot(text: str, slots: dict[str, str]) -> str:
@@ -986,8 +989,7 @@ def write_bio(label: str, gender: int, pools: dict, rng: random.Random) -> tuple
     for i, template in enumerate(templates):
         want_name = mode != "none" and (i >= name_at and not person.named or
                                          person.named and rng.random() < PARAMS["rename_rate"])
-        sentence, _ = fill(template, person, want_name, slots, rng)
-        sentences.append(sentence)
+        sentences.append(fill(template, person, want_name, slots, rng))
     text = " ".join(s[0].upper() + s[1:] for s in sentences)
     return text, {"noisy": noisy, "mode": mode, "first_name": mode == "first" and person.named}
 

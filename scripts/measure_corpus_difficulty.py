@@ -141,7 +141,7 @@ def main() -> None:
     majority_prof = float((test_prof == np.bincount(train_prof).argmax()).mean())
     majority_gender = float((test_gender == np.bincount(train_gender).argmax()).mean())
     rows.append(("majority class, profession / gender", f"{majority_prof:.3f} / {majority_gender:.3f}"))
-    pronoun = re.compile(r"\b(he|she|him|his|her|hers|himself|herself)\b", flags=re.I)
+    pronoun = re.compile(r"\b(he|she|him|his|her|hers|himself|herself)\b", flags=re.IGNORECASE)
     with_pronoun = np.mean([bool(pronoun.search(t)) for t in train_x])
     left_after = np.mean([bool(pronoun.search(t)) for t in train_scrubbed])
     rows.append(("bios with a gendered pronoun, raw / scrubbed", f"{with_pronoun:.3f} / {left_after:.3f}"))
@@ -158,10 +158,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         tokenizer, encoders = load_encoders(["minilm-6l", "random-init", "minilm-2l", "minilm-4l"])
         lengths = np.array([len(ids) for ids in tokenizer(train_x)["input_ids"]])
+        p5, p50, p95 = np.percentile(lengths, [5, 50, 95])
         rows.append(("wordpiece tokens per bio (p5 / p50 / p95 / max)",
-                     f"{np.percentile(lengths, 5):.0f} / {np.median(lengths):.0f} / "
-                     f"{np.percentile(lengths, 95):.0f} / {lengths.max()}"))
-        rows.append(("bios longer than 64 / 128 tokens", f"{(lengths > 64).mean():.3f} / {(lengths > 128).mean():.3f}"))
+                     f"{p5:.0f} / {p50:.0f} / {p95:.0f} / {lengths.max()}"))
+        rows.append(("bios longer than 64 / 128 tokens",
+                     f"{(lengths > 64).mean():.3f} / {(lengths > 128).mean():.3f}"))
 
         # Nested budgets: the 20-bio sample is part of the 50-bio sample, which is part of the 200-bio one.
         samples = {seed: np.random.default_rng(seed).choice(len(train_x), max(BUDGETS), replace=False)
@@ -192,7 +193,8 @@ def main() -> None:
                 idx = samples[seed][:200]
                 feats = train_feats[[position[int(i)] for i in idx]]
                 per_seed.append(probe_accuracy(feats, train_prof[idx], test_feats, test_prof[test_idx]))
-            rows.append((f"probe profession (raw), {name}, n = 200", f"{np.mean(per_seed):.3f} ± {np.std(per_seed):.3f}"))
+            rows.append((f"probe profession (raw), {name}, n = 200",
+                         f"{np.mean(per_seed):.3f} ± {np.std(per_seed):.3f}"))
 
     print("| measurement | value |")
     print("|---|---|")
