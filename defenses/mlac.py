@@ -1,0 +1,455 @@
+"""Meta-Learned Adversarial Censoring (MLAC), and adversarial censoring (AC) as its K=0 case.
+
+Every outer step
+1. samples a simulated attack (`AttackSetting`: what adapts, optimizer, inner batch size; the inner learning rate is
+   learned or sampled) and a fresh or persistent harmful head;
+2. runs K differentiable steps of that attack on harmful-task batches: `torch.func.functional_call` over the harmful
+   classifier's parameters dict, gradients with `create_graph=True` (or detached, `first_order`), clipped by global
+   norm, and the shared `harness.attack_step.optimizer_update`, so the simulated attacker and the real attack plugins
+   run the same update;
+3. minimises  desired-task loss (encoder + desired head)  +  harmful_weight * censoring loss of the *adapted* model on
+   a held-out harmful batch, with Adam on the encoder, the desired head and (optionally) the log inner lr.
+
+With K=0 and a persistent ("learned") harmful head trained to predict the harmful label on the current features,
+this is the paper's adversarial-censoring baseline; `defenses.adversarial` calls this same code with K=0.
+
+Choices worth knowing:
+- `harmful_head="reset"` draws the simulated attacker's head afresh every outer step, like the evaluation attacker
+  (and like the reference code, whose learned adversarial head is never used). `"learned"` keeps one persistent head,
+  trained by its own Adam (`head_lr`) on the current encoder's features, so the simulated attacker starts from a head
+  that already predicts harm: a stronger adversary, and the only meaningful one when K=0.
+- Censoring losses: `entropy` (KL(uniform || p), zero when the adapted head predicts uniformly; the default because a
+  confidently *wrong* binary classifier is as informative as a right one, which is what an unbounded negated CE
+  drives towards), `neg_ce` (negated per-example CE, clamped at `neg_ce_cap * log C` so it cannot blow up), and
+  `probe` (the leave-one-out R^2 of a closed-form ridge probe fitted on the adapted features: a differentiable
+  stand-in for the reference's calibrated linear probe, needing no external solver; see `ridge_probe_score`).
+- Inner learning rate: `inner_lr="learned"` (the reference's choice) trains log(lr) with the outer optimizer, so it
+  drifts towards the rate at which the *defender's* objective is lowest, kept within `inner_lr_bounds`;
+  `"sampled"` draws it log-uniformly from `inner_lr_range` each step, closer to the evaluation attacker's search.
+- Data: each step holds out `batch_size` harmful rows for the censoring loss and draws the K inner batches from the
+  other rows, so the adapted model is judged on examples its simulated attacker did not train on.
+- The model stays in eval mode (no dropout): the inner loops are deterministic and a resumed run repeats the same
+  trajectory bit for bit (checkpoints hold the weights, both Adam states, the learned lr, the persistent head and the
+  run's random generator, its only source of randomness). Training runs in float32 (no autocast): double backward
+  under bf16 is fragile.
+- When the word embeddings adapt and the simulated attacker has no weight decay (always, for sampled settings), the
+  inner loop adapts only the embedding rows of tokens in this step's harmful batches. Rows no inner batch touches get
+  zero gradients at every inner step, so Adam and SGD-with-momentum leave them exactly where they are: the result is
+  the same, and the inner loop skips optimizer arithmetic (and saved graph) over a 30k-row table.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch.func import functional_call
+
+from harness.attack_step import (
+    Adapt,
+    AttackSetting,
+    OptimizerName,
+    adapted_parameter_names,
+    init_optimizer_state,
+    optimizer_update,
+    sample_batch,
+)
+from harness.classifier import Classifier, mean_pool
+from harness.plugins import Defense, DefenseContext
+from harness.registry import register_defense
+from harness.tokenized import TokenizedSplit
+
+log = logging.getLogger(__name__)
+
+Censor = Literal["entropy", "neg_ce", "probe"]
+HeadMode = Literal["reset", "learned"]
+
+WORD_EMBEDDINGS = "encoder.embeddings.word_embeddings.weight"
+_PAD_ID = 0  # BERT's padding id: TokenizedSplit pads with it and the embedding's padding_idx is it
+
+
+class CensorParams(BaseModel):
+    """Parameters shared by `adversarial` and `mlac`: the outer optimisation and the censoring loss."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    steps: int = Field(1000, ge=0, description="outer steps (the reference ran 50k)")
+    lr: float = Field(1e-5, gt=0, description="outer Adam learning rate (encoder and desired head)")
+    batch_size: int = Field(20, gt=1, description="desired batch and held-out harmful batch size")
+    grad_clip: float = Field(10.0, gt=0, description="outer gradient clip (global norm)")
+    harmful_weight: float = Field(1.0, ge=0, description="lambda: weight of the censoring loss")
+    censor: Censor = Field("entropy", description="censoring loss on the (adapted) harmful head's output")
+    neg_ce_cap: float = Field(2.0, gt=0, description="neg_ce: per-example cross-entropy clamped at cap * log(C)")
+    probe_ridge: float = Field(0.1, gt=0, description="probe: ridge penalty relative to the mean squared feature norm")
+    head_lr: float = Field(1e-3, gt=0, description="Adam lr of the persistent harmful head (harmful_head=learned)")
+
+
+class MlacParams(CensorParams):
+    inner_steps: int = Field(16, ge=0, description="K differentiable attack steps per outer step (0 = no inner loop)")
+    first_order: bool = Field(False, description="detach inner gradients (first-order MAML): cheaper, less exact")
+    inner_lr: Literal["learned", "sampled"] = Field(
+        "learned",
+        description="learned: one log-lr trained by the outer optimizer (so it drifts to where the outer loss is "
+        "lowest, within inner_lr_bounds); sampled: log-uniform from inner_lr_range each outer step",
+    )
+    inner_lr_init: float = Field(3e-4, gt=0)
+    inner_lr_bounds: tuple[float, float] = Field((1e-6, 1e-2), description="clamp of the learned inner lr")
+    inner_lr_lr: float = Field(1e-3, gt=0, description="outer Adam lr of the learned log inner lr")
+    inner_lr_range: tuple[float, float] = Field((1e-5, 1e-3), description="inner_lr=sampled: log-uniform range")
+    inner_batch_sizes: tuple[int, ...] = Field((12, 24, 48), min_length=1, description="capped at the rows available")
+    inner_optimizers: tuple[OptimizerName, ...] = Field(("adam",), min_length=1)
+    inner_adapt: tuple[Adapt, ...] = Field(("full",), min_length=1, description="attack kinds to sample")
+    inner_top_k: int = Field(1, ge=1, description="layers adapted by a sampled top-k attack")
+    inner_grad_clip: float = Field(100.0, gt=0, description="inner gradient clip (global norm, differentiable)")
+    harmful_head: HeadMode = Field("reset", description="reset: fresh head every outer step; learned: persistent head")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "MlacParams":
+        for name in ("inner_lr_bounds", "inner_lr_range"):
+            low, high = getattr(self, name)
+            if not 0 < low <= high:
+                raise ValueError(f"{name} must satisfy 0 < low <= high, got ({low}, {high})")
+        if any(b < 1 for b in self.inner_batch_sizes):
+            raise ValueError(f"inner_batch_sizes must be positive, got {self.inner_batch_sizes}")
+        if self.inner_steps == 0 and self.harmful_head == "reset" and self.censor != "probe":
+            raise ValueError(
+                "inner_steps=0 with harmful_head='reset' censors a random head nobody trained; "
+                "use harmful_head='learned' (that is the adversarial defense) or censor='probe'"
+            )
+        return self
+
+
+# -- the meta-objective -----------------------------------------------------------------------------------------------
+@dataclass
+class Batch:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+
+
+def make_batch(split: TokenizedSplit, index: torch.Tensor, label: str, device: torch.device) -> Batch:
+    rows = index.numpy()
+    ids, mask = split.batch(rows)
+    labels = torch.from_numpy(split.labels[label][rows])
+    return Batch(ids.to(device), mask.to(device), labels.to(device))
+
+
+@dataclass
+class MetaLoss:
+    total: torch.Tensor  # desired + harmful_weight * censor, differentiable w.r.t. the outer variables
+    desired: torch.Tensor
+    censor: torch.Tensor
+    harmful_ce: torch.Tensor  # the adapted model's harmful-task cross-entropy on the held-out batch (detached)
+    head_features: torch.Tensor  # unadapted encoder features of a harmful batch (detached), to train a learned head
+    head_labels: torch.Tensor
+
+
+def clip_by_global_norm(grads: Sequence[torch.Tensor], max_norm: float) -> list[torch.Tensor]:
+    """torch.nn.utils.clip_grad_norm_ as a pure, differentiable function."""
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    if float(norm.detach()) + 1e-6 <= max_norm:
+        # Not clipping: the clamped scale is the constant 1 (zero derivative), so skipping it changes neither the
+        # values nor the meta-gradient, and saves a multiply per tensor (and its backward) per inner step.
+        return list(grads)
+    scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+    return [g * scale for g in grads]
+
+
+def ridge_probe_score(features: torch.Tensor, labels: torch.Tensor, num_classes: int, ridge: float) -> torch.Tensor:
+    """How well a linear probe fitted on these features predicts the labels of examples it did not see.
+
+    A ridge regression to one-hot labels, in closed form in the dual (n x n, since batches are smaller than the
+    feature width), scored by its leave-one-out R^2 (the LOO residuals of ridge are exact in closed form:
+    e_i = (y_i - yhat_i) / (1 - H_ii)). The penalty scales with the features, so shrinking them does not help;
+    centring uses the whole batch, a small approximation to true leave-one-out. Clamped at 0: no reward for a probe
+    worse than predicting the mean.
+    """
+    n = features.shape[0]
+    x = features - features.mean(0)
+    y = F.one_hot(labels, num_classes).to(x.dtype)
+    y = y - y.mean(0)
+    gram = x @ x.T
+    alpha = ridge * gram.diagonal().mean() + 1e-8
+    eye = torch.eye(n, dtype=x.dtype, device=x.device)
+    hat = torch.linalg.solve(gram + alpha * eye, gram)  # H = (K + aI)^-1 K = K (K + aI)^-1 (they commute)
+    residual = (y - hat @ y) / (1 - hat.diagonal()).unsqueeze(-1)
+    baseline = y.pow(2).sum() * (n / (n - 1)) ** 2  # LOO residuals of predicting the mean of the other rows
+    return (1 - residual.pow(2).sum() / baseline.clamp_min(1e-12)).clamp_min(0.0)
+
+
+def censor_loss(
+    kind: Censor, logits: torch.Tensor, features: torch.Tensor, labels: torch.Tensor, p: CensorParams
+) -> torch.Tensor:
+    num_classes = logits.shape[-1]
+    if kind == "entropy":
+        # KL(uniform || softmax) = -log C - mean_c log p_c: zero exactly at uniform predictions.
+        return (-math.log(num_classes) - F.log_softmax(logits, -1).mean(-1)).mean()
+    if kind == "neg_ce":
+        ce = F.cross_entropy(logits, labels, reduction="none")
+        return -ce.clamp(max=p.neg_ce_cap * math.log(num_classes)).mean()
+    return ridge_probe_score(features, labels, num_classes, p.probe_ridge)
+
+
+def _forward(
+    clf: Classifier, params: dict[str, torch.Tensor], batch: Batch, input_ids: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pooled features, logits) of the classifier with these parameters (missing ones: the module's own)."""
+    encoder_params = {name[8:]: t for name, t in params.items() if name.startswith("encoder.")}
+    ids = batch.input_ids if input_ids is None else input_ids
+    hidden = functional_call(
+        clf.encoder, encoder_params, (), {"input_ids": ids, "attention_mask": batch.attention_mask}
+    ).last_hidden_state
+    features = mean_pool(hidden, batch.attention_mask) if clf.pooling == "mean" else hidden[:, 0]
+    return features, F.linear(features, params["head.weight"], params["head.bias"])
+
+
+def meta_loss(
+    model: Classifier,
+    harm: Classifier,
+    head_init: dict[str, torch.Tensor],
+    setting: AttackSetting | None,
+    inner_lr: float | torch.Tensor,
+    desired: Batch,
+    inner: Sequence[Batch],
+    held_out: Batch,
+    p: MlacParams,
+    compact_vocab: bool = True,
+) -> MetaLoss:
+    """The MLAC outer loss for one outer step.
+
+    `model` (encoder + desired head) holds the outer variables; `harm` shares its encoder and supplies the harmful
+    classifier's structure, its head replaced by `head_init` (constants: the defender does not choose the attacker's
+    head). The simulated attack `setting` runs one step per batch of `inner` with learning rate `inner_lr`.
+    """
+    desired_loss = F.cross_entropy(model(desired.input_ids, desired.attention_mask), desired.labels)
+
+    params: dict[str, torch.Tensor] = {n: t for n, t in harm.named_parameters() if not n.startswith("head.")}
+    params.update({n: t.detach().requires_grad_(True) for n, t in head_init.items()})
+    names = adapted_parameter_names(list(params), setting.adapt, setting.top_k) if inner else []
+    # Compact vocabulary: adapt only the embedding rows this step's harmful batches use (see the module docstring).
+    remap: torch.Tensor | None = None
+    if compact_vocab and WORD_EMBEDDINGS in names and setting.weight_decay == 0:
+        table = params[WORD_EMBEDDINGS]
+        used = torch.cat([b.input_ids.flatten() for b in [*inner, held_out]])
+        rows = torch.unique(torch.cat([used.new_tensor([_PAD_ID]), used]))  # sorted: pad id stays row 0
+        remap = torch.full((table.shape[0],), -1, dtype=torch.long, device=table.device)
+        remap[rows] = torch.arange(len(rows), device=table.device)
+        params[WORD_EMBEDDINGS] = table[rows]
+
+    def ids_of(batch: Batch) -> torch.Tensor | None:
+        return None if remap is None else remap[batch.input_ids]
+
+    head_features: torch.Tensor | None = None
+    head_labels = held_out.labels
+    if names:
+        state = init_optimizer_state([params[n] for n in names], setting.optimizer)
+        for k, batch in enumerate(inner):
+            features, logits = _forward(harm, params, batch, ids_of(batch))
+            if k == 0:
+                head_features, head_labels = features.detach(), batch.labels
+            loss = F.cross_entropy(logits, batch.labels)
+            current = [params[n] for n in names]
+            grads = torch.autograd.grad(loss, current, create_graph=not p.first_order, materialize_grads=True)
+            if p.first_order:
+                grads = tuple(g.detach() for g in grads)
+            grads = clip_by_global_norm(grads, p.inner_grad_clip)
+            new, state = optimizer_update(current, grads, state, setting, inner_lr)
+            params.update(zip(names, new))
+
+    features, logits = _forward(harm, params, held_out, ids_of(held_out))
+    if head_features is None:
+        head_features = features.detach()
+    censor = censor_loss(p.censor, logits, features, held_out.labels, p)
+    harmful_ce = F.cross_entropy(logits.detach(), held_out.labels)
+    total = desired_loss + p.harmful_weight * censor
+    return MetaLoss(total, desired_loss.detach(), censor.detach(), harmful_ce, head_features, head_labels)
+
+
+# -- training ---------------------------------------------------------------------------------------------------------
+def draw_head(
+    in_features: int, num_labels: int, generator: torch.Generator, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """A fresh head, distributed as `Classifier.reset_head` draws the evaluation attacker's."""
+    bound = 1.0 / in_features**0.5
+    weight = (torch.rand(num_labels, in_features, generator=generator) * 2 - 1) * bound
+    bias = (torch.rand(num_labels, generator=generator) * 2 - 1) * bound
+    return {"head.weight": weight.to(device), "head.bias": bias.to(device)}
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer, prefix: str) -> dict[str, torch.Tensor]:
+    out = {}
+    for index, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            out[f"{prefix}/{index}/{key}"] = value.clone() if torch.is_tensor(value) else torch.tensor(value)
+    return out
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], prefix: str) -> None:
+    saved = optimizer.state_dict()
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        if name.startswith(prefix + "/"):
+            _, index, key = name.split("/")
+            state.setdefault(int(index), {})[key] = value
+    saved["state"] = state
+    optimizer.load_state_dict(saved)
+
+
+class CensorTrainer:
+    """The state of an AC/MLAC training run and its outer step; checkpointable for an identical continuation."""
+
+    def __init__(self, p: MlacParams, ctx: DefenseContext):
+        if p.inner_steps and len(ctx.train) <= p.batch_size:
+            raise ValueError(
+                f"the defense's training split has {len(ctx.train)} rows: MLAC needs more than batch_size "
+                f"({p.batch_size}), which it holds out from the inner batches at every step"
+            )
+        self.p = p
+        self.ctx = ctx
+        self.device = ctx.device
+        self.generator = torch.Generator().manual_seed(ctx.seed)
+        encoder = ctx.base_encoder().to(self.device)
+        self.model = Classifier(encoder, ctx.num_labels[ctx.desired], ctx.model.pooling).to(self.device)
+        self.harm = Classifier(encoder, ctx.num_labels[ctx.harmful], ctx.model.pooling).to(self.device)
+        self.model.eval()
+        self.harm.eval()
+        width = self.model.head.in_features
+        with torch.no_grad():
+            for clf in (self.model, self.harm):
+                for name, value in draw_head(width, clf.head.out_features, self.generator, self.device).items():
+                    getattr(clf.head, name.removeprefix("head.")).copy_(value)
+        self.log_lr = torch.nn.Parameter(torch.tensor(math.log(p.inner_lr_init), device=self.device))
+        groups: list[dict[str, Any]] = [{"params": list(self.model.parameters())}]
+        if p.inner_lr == "learned" and p.inner_steps > 0:
+            groups.append({"params": [self.log_lr], "lr": p.inner_lr_lr})
+        self.optimizer = torch.optim.Adam(groups, lr=p.lr)
+        self.head_optimizer = torch.optim.Adam(self.harm.head.parameters(), lr=p.head_lr)
+        self.outer_params = [t for g in groups for t in g["params"]]
+        self.step_count = 0
+
+    # -- one outer step ---------------------------------------------------------------------------------------------
+    def inner_lr(self) -> torch.Tensor | float:
+        if self.p.inner_lr == "learned":
+            return self.log_lr.exp()
+        low, high = (math.log(v) for v in self.p.inner_lr_range)
+        return math.exp(low + float(torch.rand((), generator=self.generator)) * (high - low))
+
+    def sample_setting(self, pool: int, lr: float) -> AttackSetting:
+        """One simulated attacker (no weight decay: the compact-vocabulary inner loop relies on it)."""
+        p = self.p
+
+        def choice(options: Sequence[Any]) -> Any:
+            return options[int(torch.randint(len(options), (), generator=self.generator))]
+
+        return AttackSetting(
+            lr=lr, steps=p.inner_steps, batch_size=min(choice(p.inner_batch_sizes), pool),
+            adapt=choice(p.inner_adapt), top_k=p.inner_top_k, optimizer=choice(p.inner_optimizers),
+        )
+
+    def sample(self) -> tuple[Batch, list[Batch], Batch, AttackSetting | None, torch.Tensor | float]:
+        """This step's batches, simulated attacker and inner lr, all drawn from the run's generator."""
+        p, ctx, g = self.p, self.ctx, self.generator
+        n = len(ctx.train)
+        order = torch.randperm(n, generator=g)
+        held, pool = order[: p.batch_size], order[p.batch_size :]
+        desired = make_batch(ctx.train, sample_batch(n, p.batch_size, g), ctx.desired, self.device)
+        held_out = make_batch(ctx.train, held, ctx.harmful, self.device)
+        setting, lr, inner = None, 0.0, []
+        if p.inner_steps:
+            lr = self.inner_lr()
+            setting = self.sample_setting(len(pool), float(lr.detach()) if torch.is_tensor(lr) else lr)
+            inner = [
+                make_batch(ctx.train, pool[sample_batch(len(pool), setting.batch_size, g)], ctx.harmful, self.device)
+                for _ in range(p.inner_steps)
+            ]
+        return desired, inner, held_out, setting, lr
+
+    def head_init(self) -> dict[str, torch.Tensor]:
+        if self.p.harmful_head == "reset":
+            return draw_head(self.harm.head.in_features, self.harm.head.out_features, self.generator, self.device)
+        return {"head.weight": self.harm.head.weight, "head.bias": self.harm.head.bias}
+
+    def step(self) -> dict[str, float]:
+        p = self.p
+        desired, inner, held_out, setting, lr = self.sample()
+        out = meta_loss(self.model, self.harm, self.head_init(), setting, lr, desired, inner, held_out, p)
+        self.optimizer.zero_grad(set_to_none=True)
+        out.total.backward()
+        torch.nn.utils.clip_grad_norm_(self.outer_params, p.grad_clip)
+        self.optimizer.step()
+        with torch.no_grad():
+            low, high = (math.log(v) for v in p.inner_lr_bounds)
+            self.log_lr.clamp_(low, high)
+        if p.harmful_head == "learned":
+            # The adversary: the persistent head learns to predict harm from the (pre-update) encoder's features.
+            self.head_optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(self.harm.head(out.head_features), out.head_labels).backward()
+            self.head_optimizer.step()
+        self.step_count += 1
+        metrics = {"desired_loss": float(out.desired), "harmful_loss": float(out.harmful_ce)}
+        if p.inner_steps:
+            metrics["inner_lr"] = float(lr.detach()) if torch.is_tensor(lr) else lr
+        return metrics
+
+    # -- checkpoints ------------------------------------------------------------------------------------------------
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors = {f"model/{k}": v.detach().clone() for k, v in self.model.state_dict().items()}
+        tensors.update({f"harm_head/{k}": v.detach().clone() for k, v in self.harm.head.state_dict().items()})
+        tensors["log_lr"] = self.log_lr.detach().clone()
+        tensors.update(_optimizer_tensors(self.optimizer, "outer"))
+        tensors.update(_optimizer_tensors(self.head_optimizer, "head_opt"))
+        # The run draws all its randomness from this generator (eval mode: no dropout), never from the global torch
+        # or numpy generators, so its state is the only random state a continuation needs.
+        tensors["rng/sampler"] = self.generator.get_state()
+        return tensors, {"params": self.p.model_dump(mode="json")}
+
+    def load(self, step: int, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
+        saved = {k: v for k, v in metadata.get("params", {}).items() if k != "steps"}
+        ours = {k: v for k, v in self.p.model_dump(mode="json").items() if k != "steps"}
+        if saved != ours:
+            raise ValueError(f"checkpoint was written with other parameters: {saved} != {ours}")
+        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
+        self.harm.head.load_state_dict({k[10:]: v for k, v in tensors.items() if k.startswith("harm_head/")})
+        with torch.no_grad():
+            self.log_lr.copy_(tensors["log_lr"])
+        _load_optimizer(self.optimizer, tensors, "outer")
+        _load_optimizer(self.head_optimizer, tensors, "head_opt")
+        self.generator.set_state(tensors["rng/sampler"])
+        self.step_count = step
+
+
+def train_censoring(p: MlacParams, ctx: DefenseContext, name: str) -> dict[str, torch.Tensor]:
+    """Run (or resume) an AC/MLAC training and return the defended encoder's state dict."""
+    trainer = CensorTrainer(p, ctx)
+    saved = ctx.checkpoint.load()
+    if saved is not None:
+        trainer.load(*saved)
+        log.info("%s: resuming from the checkpoint at step %d of %d", name, trainer.step_count, p.steps)
+    while trainer.step_count < p.steps:
+        metrics = trainer.step()
+        step = trainer.step_count
+        if not all(math.isfinite(v) for v in metrics.values()):
+            raise FloatingPointError(f"{name}: non-finite metrics at step {step}: {metrics}")
+        if step % ctx.checkpoint.every == 0 or step == p.steps:
+            ctx.checkpoint.save(step, *trainer.state())
+        ctx.progress(step, metrics)
+    return {k: v.detach().clone() for k, v in trainer.model.encoder.state_dict().items()}
+
+
+@register_defense("mlac")
+class Mlac(Defense):
+    """Meta-Learned Adversarial Censoring: make the encoder bad at the harmful task after K simulated attack steps."""
+
+    Params = MlacParams
+
+    def total_steps(self) -> int:
+        return self.params.steps
+
+    def train(self, ctx: DefenseContext) -> dict[str, torch.Tensor]:
+        return train_censoring(self.params, ctx, self.name)
