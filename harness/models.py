@@ -124,11 +124,13 @@ def hidden_size(encoder: "BertModel") -> int:
 
 def state_fingerprint(state: dict[str, "torch.Tensor"]) -> str:
     """Content hash of a state dict (names, dtypes, shapes and bytes)."""
+    import torch
+
     digest = hashlib.sha256()
     for name in sorted(state):
         tensor = state[name].detach().cpu().contiguous()
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.view(-1).view(dtype=__import__("torch").uint8).numpy().tobytes())
+        digest.update(tensor.view(-1).view(dtype=torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
