@@ -1,63 +1,104 @@
+"""Fine-tuning attacks: `FineTuning`, the base every built-in attack shares, and `finetune`, the paper's attacker.
+
+A fine-tuning attack is one `AttackSetting` (harness/attack_step.py: what adapts, the optimizer, its schedule)
+trained by `harness.training.fit` from the defended encoder with a fresh head. The defended weights carry no head
+(a defense returns an encoder), so the head is always drawn afresh, as in the paper; it is not a hyperparameter.
+Subclasses say what adapts (`adaptation`), add their own dimensions (`adapt_space`) and, for `lora`, change the
+model before training (`prepare`). Everything else (the training dimensions, presets, validation of a config's
+space, the run itself) is defined here once.
+"""
+
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from harness.attack_step import AttackSetting
+from harness.classifier import Classifier
+from harness.errors import UserError
 from harness.plugins import Attack, AttackContext, AttackOutcome
 from harness.registry import register_attack
-from harness.space import Choice, Fixed, IntRange, LogUniform, Space
-from harness.training import fit, probe_accuracy, accuracy
+from harness.space import Choice, Fixed, IntRange, LogUniform, Space, Uniform
+from harness.training import accuracy, fit, probe_accuracy
 
 
 class FinetuneParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     preset: Literal["default", "paper"] = Field(
-        "default", description="'paper': the reference attacker (Adam, steps 100-1000); 'default': AdamW"
+        "default",
+        description="'paper': the reference attacker's space (Adam, constant learning rate); "
+        "'default': the same ranges with AdamW and a searched schedule (constant or linear decay)",
     )
     patience: int = Field(3, ge=1, description="validation checks without improvement before a trial stops early")
 
 
-@register_attack("finetune")
-class Finetune(Attack):
-    """Fresh linear head; full fine-tuning or a frozen-encoder linear probe (searched); AdamW or the paper's Adam."""
+def training_space(preset: str) -> Space:
+    """The dimensions every fine-tuning attack searches: the paper's ranges; optimizer and schedule by preset.
+
+    Every `AttackSetting` field is a dimension, so a config can search any of them, e.g.
+    `space: {optimizer: {type: choice, values: [adamw, sgd]}, warmup_frac: {type: uniform, low: 0, high: 0.2}}`.
+    """
+    paper = preset == "paper"
+    return {
+        "lr": LogUniform(low=1e-5, high=1e-2),
+        "steps": IntRange(low=100, high=1000),
+        "batch_size": Choice(values=[12, 24, 48]),
+        "optimizer": Fixed(value="adam" if paper else "adamw"),
+        "weight_decay": Fixed(value=0.0),
+        "momentum": Fixed(value=0.9),  # used by optimizer sgd only
+        "warmup_frac": Fixed(value=0.0),
+        "schedule": Fixed(value="constant") if paper else Choice(values=["constant", "linear"]),
+    }
+
+
+class FineTuning(Attack):
+    """Base of the fine-tuning attacks (not registered itself)."""
 
     Params = FinetuneParams
 
-    def default_space(self) -> Space:
-        return {
-            "lr": LogUniform(low=1e-5, high=1e-2),
-            "steps": IntRange(low=100, high=1000),
-            "batch_size": Choice(values=[12, 24, 48]),
-            "mode": Choice(values=["probe", "full"]),
-            "optimizer": Fixed(value="adam" if self.params.preset == "paper" else "adamw"),
-            "weight_decay": Fixed(value=0.0),
-        }
+    def __init__(self, params: BaseModel, space_overrides: dict[str, Any] | None = None, origin: str = "config"):
+        super().__init__(params, space_overrides, origin)
+        self._check_space(origin)
 
-    def needs_features(self) -> bool:
-        mode = self.space["mode"]
-        return "probe" in (mode.values if isinstance(mode, Choice) else [getattr(mode, "value", None)])
+    @abstractmethod
+    def adaptation(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The `AttackSetting` fields that say what adapts (adapt, top_k) for this configuration."""
+
+    def adapt_space(self) -> Space:
+        """This attack's own dimensions, beside the training ones."""
+        return {}
+
+    def default_space(self) -> Space:
+        return {**training_space(self.params.preset), **self.adapt_space()}
+
+    def prepare(self, model: Classifier, config: dict[str, Any], seed: int) -> Classifier:
+        """The model to train (by default the defended encoder with its fresh head, as it is)."""
+        return model
 
     def setting(self, config: dict[str, Any]) -> AttackSetting:
         return AttackSetting(
             lr=config["lr"],
             steps=config["steps"],
             batch_size=config["batch_size"],
-            adapt=config["mode"],
             optimizer=config["optimizer"],
             weight_decay=config["weight_decay"],
+            momentum=config["momentum"],
+            warmup_frac=config["warmup_frac"],
+            schedule=config["schedule"],
+            **self.adaptation(config),
         )
 
     def run(self, ctx: AttackContext, config: dict[str, Any], seed: int, score_test: bool) -> AttackOutcome:
         setting = self.setting(config)
         cached = ctx.features if setting.adapt == "probe" else None
-        model = ctx.classifier(seed, load_encoder=cached is None)
+        model = self.prepare(ctx.classifier(seed, load_encoder=cached is None), config, seed)
         data = ctx.data
         result = fit(
-            model, data.train, data.label, setting, seed=seed, val=data.val,
-            eval_every=ctx.eval_every, patience=self.params.patience, features=cached,
+            model, data.train, data.label, setting, seed=seed, val=data.val, eval_every=ctx.eval_every,
+            patience=self.params.patience, features=cached, on_eval=ctx.on_eval, on_step=ctx.on_step,
         )
         test = None
         if score_test:
@@ -66,3 +107,48 @@ class Finetune(Attack):
             else:
                 test = accuracy(model, data.test, data.label)
         return AttackOutcome(result.val_accuracy or 0.0, test, result.steps_run, result.best_step)
+
+    def _check_space(self, origin: str) -> None:
+        """Every value the space can produce must make a valid setting: a typo fails here, not in every trial.
+
+        Each dimension's extremes (or every value, for choices) are tried with the other dimensions at a value of
+        the attack's own default space, so an error is pinned on the dimension that caused it.
+        """
+        base = {key: _extremes(dim)[0] for key, dim in self.default_space().items()}
+        for key, dim in self.space.items():
+            for value in _extremes(dim):
+                try:
+                    self.setting({**base, key: value})
+                except ValueError as exc:  # pydantic's ValidationError is one
+                    reason = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
+                    raise UserError(
+                        f"{origin}: attack '{self.name}' space.{key}: {value!r} is not valid ({reason})"
+                    ) from None
+
+
+def _extremes(dim: Any) -> list[Any]:
+    if isinstance(dim, Fixed):
+        return [dim.value]
+    if isinstance(dim, Choice):
+        return list(dim.values)
+    if isinstance(dim, (LogUniform, Uniform, IntRange)):
+        return [dim.low, dim.high]
+    raise TypeError(f"unknown search dimension {dim!r}")
+
+
+@register_attack("finetune")
+class Finetune(FineTuning):
+    """Fresh linear head; full fine-tuning or a frozen-encoder linear probe (searched), as in the paper."""
+
+    MODES = ("probe", "full")
+
+    def adapt_space(self) -> Space:
+        return {"mode": Choice(values=list(self.MODES))}
+
+    def adaptation(self, config: dict[str, Any]) -> dict[str, Any]:
+        if config["mode"] not in self.MODES:
+            raise ValueError(f"mode must be one of {', '.join(self.MODES)}")
+        return {"adapt": config["mode"]}
+
+    def needs_features(self) -> bool:
+        return "probe" in _extremes(self.space["mode"])

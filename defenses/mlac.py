@@ -40,7 +40,6 @@ Choices worth knowing:
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,7 +48,6 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from torch.func import functional_call
 
 from harness.attack_step import (
     Adapt,
@@ -60,12 +58,26 @@ from harness.attack_step import (
     optimizer_update,
     sample_batch,
 )
-from harness.classifier import Classifier, mean_pool
+from harness.censoring import (
+    Batch,
+    capped_neg_ce,
+    clip_by_global_norm,
+    draw_head,
+    functional_forward,
+    kl_to_uniform,
+    make_batch,
+    sample_setting,
+)
+from harness.classifier import Classifier
 from harness.plugins import Defense, DefenseContext
 from harness.registry import register_defense
-from harness.tokenized import TokenizedSplit
-
-log = logging.getLogger(__name__)
+from harness.resumable import (
+    check_params,
+    load_optimizer_tensors,
+    optimizer_tensors,
+    params_metadata,
+    train_resumable,
+)
 
 Censor = Literal["entropy", "neg_ce", "probe"]
 HeadMode = Literal["reset", "learned"]
@@ -127,20 +139,6 @@ class MlacParams(CensorParams):
 
 # -- the meta-objective -----------------------------------------------------------------------------------------------
 @dataclass
-class Batch:
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    labels: torch.Tensor
-
-
-def make_batch(split: TokenizedSplit, index: torch.Tensor, label: str, device: torch.device) -> Batch:
-    rows = index.numpy()
-    ids, mask = split.batch(rows)
-    labels = torch.from_numpy(split.labels[label][rows])
-    return Batch(ids.to(device), mask.to(device), labels.to(device))
-
-
-@dataclass
 class MetaLoss:
     total: torch.Tensor  # desired + harmful_weight * censor, differentiable w.r.t. the outer variables
     desired: torch.Tensor
@@ -148,17 +146,6 @@ class MetaLoss:
     harmful_ce: torch.Tensor  # the adapted model's harmful-task cross-entropy on the held-out batch (detached)
     head_features: torch.Tensor  # unadapted encoder features of a harmful batch (detached), to train a learned head
     head_labels: torch.Tensor
-
-
-def clip_by_global_norm(grads: Sequence[torch.Tensor], max_norm: float) -> list[torch.Tensor]:
-    """torch.nn.utils.clip_grad_norm_ as a pure, differentiable function."""
-    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-    if float(norm.detach()) + 1e-6 <= max_norm:
-        # Not clipping: the clamped scale is the constant 1 (zero derivative), so skipping it changes neither the
-        # values nor the meta-gradient, and saves a multiply per tensor (and its backward) per inner step.
-        return list(grads)
-    scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
-    return [g * scale for g in grads]
 
 
 def ridge_probe_score(features: torch.Tensor, labels: torch.Tensor, num_classes: int, ridge: float) -> torch.Tensor:
@@ -186,27 +173,11 @@ def ridge_probe_score(features: torch.Tensor, labels: torch.Tensor, num_classes:
 def censor_loss(
     kind: Censor, logits: torch.Tensor, features: torch.Tensor, labels: torch.Tensor, p: CensorParams
 ) -> torch.Tensor:
-    num_classes = logits.shape[-1]
     if kind == "entropy":
-        # KL(uniform || softmax) = -log C - mean_c log p_c: zero exactly at uniform predictions.
-        return (-math.log(num_classes) - F.log_softmax(logits, -1).mean(-1)).mean()
+        return kl_to_uniform(logits)
     if kind == "neg_ce":
-        ce = F.cross_entropy(logits, labels, reduction="none")
-        return -ce.clamp(max=p.neg_ce_cap * math.log(num_classes)).mean()
-    return ridge_probe_score(features, labels, num_classes, p.probe_ridge)
-
-
-def _forward(
-    clf: Classifier, params: dict[str, torch.Tensor], batch: Batch, input_ids: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(pooled features, logits) of the classifier with these parameters (missing ones: the module's own)."""
-    encoder_params = {name[8:]: t for name, t in params.items() if name.startswith("encoder.")}
-    ids = batch.input_ids if input_ids is None else input_ids
-    hidden = functional_call(
-        clf.encoder, encoder_params, (), {"input_ids": ids, "attention_mask": batch.attention_mask}
-    ).last_hidden_state
-    features = mean_pool(hidden, batch.attention_mask) if clf.pooling == "mean" else hidden[:, 0]
-    return features, F.linear(features, params["head.weight"], params["head.bias"])
+        return capped_neg_ce(logits, labels, p.neg_ce_cap)
+    return ridge_probe_score(features, labels, logits.shape[-1], p.probe_ridge)
 
 
 def meta_loss(
@@ -250,7 +221,7 @@ def meta_loss(
     if names:
         state = init_optimizer_state([params[n] for n in names], setting.optimizer)
         for k, batch in enumerate(inner):
-            features, logits = _forward(harm, params, batch, ids_of(batch))
+            features, logits = functional_forward(harm, params, batch, ids_of(batch))
             if k == 0:
                 head_features, head_labels = features.detach(), batch.labels
             loss = F.cross_entropy(logits, batch.labels)
@@ -262,7 +233,7 @@ def meta_loss(
             new, state = optimizer_update(current, grads, state, setting, inner_lr)
             params.update(zip(names, new))
 
-    features, logits = _forward(harm, params, held_out, ids_of(held_out))
+    features, logits = functional_forward(harm, params, held_out, ids_of(held_out))
     if head_features is None:
         head_features = features.detach()
     censor = censor_loss(p.censor, logits, features, held_out.labels, p)
@@ -272,35 +243,6 @@ def meta_loss(
 
 
 # -- training ---------------------------------------------------------------------------------------------------------
-def draw_head(
-    in_features: int, num_labels: int, generator: torch.Generator, device: torch.device
-) -> dict[str, torch.Tensor]:
-    """A fresh head, distributed as `Classifier.reset_head` draws the evaluation attacker's."""
-    bound = 1.0 / in_features**0.5
-    weight = (torch.rand(num_labels, in_features, generator=generator) * 2 - 1) * bound
-    bias = (torch.rand(num_labels, generator=generator) * 2 - 1) * bound
-    return {"head.weight": weight.to(device), "head.bias": bias.to(device)}
-
-
-def _optimizer_tensors(optimizer: torch.optim.Optimizer, prefix: str) -> dict[str, torch.Tensor]:
-    out = {}
-    for index, state in optimizer.state_dict()["state"].items():
-        for key, value in state.items():
-            out[f"{prefix}/{index}/{key}"] = value.clone() if torch.is_tensor(value) else torch.tensor(value)
-    return out
-
-
-def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], prefix: str) -> None:
-    saved = optimizer.state_dict()
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for name, value in tensors.items():
-        if name.startswith(prefix + "/"):
-            _, index, key = name.split("/")
-            state.setdefault(int(index), {})[key] = value
-    saved["state"] = state
-    optimizer.load_state_dict(saved)
-
-
 class CensorTrainer:
     """The state of an AC/MLAC training run and its outer step; checkpointable for an identical continuation."""
 
@@ -343,13 +285,9 @@ class CensorTrainer:
     def sample_setting(self, pool: int, lr: float) -> AttackSetting:
         """One simulated attacker (no weight decay: the compact-vocabulary inner loop relies on it)."""
         p = self.p
-
-        def choice(options: Sequence[Any]) -> Any:
-            return options[int(torch.randint(len(options), (), generator=self.generator))]
-
-        return AttackSetting(
-            lr=lr, steps=p.inner_steps, batch_size=min(choice(p.inner_batch_sizes), pool),
-            adapt=choice(p.inner_adapt), top_k=p.inner_top_k, optimizer=choice(p.inner_optimizers),
+        return sample_setting(
+            self.generator, lr=lr, steps=p.inner_steps, batch_sizes=p.inner_batch_sizes, pool=pool,
+            adapts=p.inner_adapt, top_k=p.inner_top_k, optimizers=p.inner_optimizers,
         )
 
     def sample(self) -> tuple[Batch, list[Batch], Batch, AttackSetting | None, torch.Tensor | float]:
@@ -402,44 +340,31 @@ class CensorTrainer:
         tensors = {f"model/{k}": v.detach().clone() for k, v in self.model.state_dict().items()}
         tensors.update({f"harm_head/{k}": v.detach().clone() for k, v in self.harm.head.state_dict().items()})
         tensors["log_lr"] = self.log_lr.detach().clone()
-        tensors.update(_optimizer_tensors(self.optimizer, "outer"))
-        tensors.update(_optimizer_tensors(self.head_optimizer, "head_opt"))
+        tensors.update(optimizer_tensors(self.optimizer, "outer"))
+        tensors.update(optimizer_tensors(self.head_optimizer, "head_opt"))
         # The run draws all its randomness from this generator (eval mode: no dropout), never from the global torch
         # or numpy generators, so its state is the only random state a continuation needs.
         tensors["rng/sampler"] = self.generator.get_state()
-        return tensors, {"params": self.p.model_dump(mode="json")}
+        return tensors, params_metadata(self.p)
 
     def load(self, step: int, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
-        saved = {k: v for k, v in metadata.get("params", {}).items() if k != "steps"}
-        ours = {k: v for k, v in self.p.model_dump(mode="json").items() if k != "steps"}
-        if saved != ours:
-            raise ValueError(f"checkpoint was written with other parameters: {saved} != {ours}")
+        check_params(metadata, self.p)
         self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
         self.harm.head.load_state_dict({k[10:]: v for k, v in tensors.items() if k.startswith("harm_head/")})
         with torch.no_grad():
             self.log_lr.copy_(tensors["log_lr"])
-        _load_optimizer(self.optimizer, tensors, "outer")
-        _load_optimizer(self.head_optimizer, tensors, "head_opt")
+        load_optimizer_tensors(self.optimizer, tensors, "outer")
+        load_optimizer_tensors(self.head_optimizer, tensors, "head_opt")
         self.generator.set_state(tensors["rng/sampler"])
         self.step_count = step
+
+    def encoder_state(self) -> dict[str, torch.Tensor]:
+        return self.model.encoder.state_dict()
 
 
 def train_censoring(p: MlacParams, ctx: DefenseContext, name: str) -> dict[str, torch.Tensor]:
     """Run (or resume) an AC/MLAC training and return the defended encoder's state dict."""
-    trainer = CensorTrainer(p, ctx)
-    saved = ctx.checkpoint.load()
-    if saved is not None:
-        trainer.load(*saved)
-        log.info("%s: resuming from the checkpoint at step %d of %d", name, trainer.step_count, p.steps)
-    while trainer.step_count < p.steps:
-        metrics = trainer.step()
-        step = trainer.step_count
-        if not all(math.isfinite(v) for v in metrics.values()):
-            raise FloatingPointError(f"{name}: non-finite metrics at step {step}: {metrics}")
-        if step % ctx.checkpoint.every == 0 or step == p.steps:
-            ctx.checkpoint.save(step, *trainer.state())
-        ctx.progress(step, metrics)
-    return {k: v.detach().clone() for k, v in trainer.model.encoder.state_dict().items()}
+    return train_resumable(CensorTrainer(p, ctx), p.steps, ctx, name)
 
 
 @register_defense("mlac")

@@ -19,7 +19,11 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+# What MLAC's simulated attacker can adapt (defenses sample from these).
 Adapt = Literal["full", "probe", "top-k"]
+# What a real attack can adapt: also "lora", the low-rank adapters a LoRA attack injects into the model
+# (attacks/lora.py). MLAC does not simulate LoRA attacks, so its parameters keep the narrower `Adapt`.
+AttackAdapt = Literal["full", "probe", "top-k", "lora"]
 OptimizerName = Literal["adamw", "adam", "sgd"]
 
 _LAYER = re.compile(r"^encoder\.encoder\.layer\.(\d+)\.")
@@ -35,7 +39,7 @@ class AttackSetting(BaseModel):
     lr: float = Field(gt=0)
     steps: int = Field(gt=0)
     batch_size: int = Field(gt=0)
-    adapt: Adapt = "full"
+    adapt: AttackAdapt = "full"
     top_k: int = Field(1, ge=1, description="with adapt=top-k: how many of the last encoder layers adapt")
     optimizer: OptimizerName = "adamw"
     weight_decay: float = Field(0.0, ge=0)
@@ -44,13 +48,18 @@ class AttackSetting(BaseModel):
     schedule: Literal["constant", "linear"] = "constant"
 
 
-def adapted_parameter_names(names: Sequence[str], adapt: Adapt, top_k: int = 1) -> list[str]:
+def adapted_parameter_names(names: Sequence[str], adapt: AttackAdapt, top_k: int = 1) -> list[str]:
     """Which of a Classifier's parameters an attack of this kind updates (the head always does)."""
     if adapt == "full":
         return [n for n in names if not n.startswith("encoder.pooler.")]  # the pooler is unused by our heads
     head = [n for n in names if n.startswith("head.")]
     if adapt == "probe":
         return head
+    if adapt == "lora":
+        adapters = [n for n in names if ".lora_" in n]
+        if not adapters:
+            raise ValueError("adapt='lora' but the model has no LoRA adapters (attacks/lora.py injects them)")
+        return adapters + head
     layers = sorted({int(m.group(1)) for n in names if (m := _LAYER.match(n))})
     keep = {str(i) for i in layers[-top_k:]}
     return [n for n in names if (m := _LAYER.match(n)) and m.group(1) in keep] + head

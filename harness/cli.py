@@ -43,9 +43,9 @@ def run(
     """Run an experiment: train (or find) defenses, search attacks per cell, write the tables."""
     from rich.console import Console
 
+    cfg = _load(config, set_, out)  # before the heavy imports: a broken config is reported in a moment
     from harness.runner import Plan, run_experiment
 
-    cfg = _load(config, set_, out)
     console = Console(stderr=True)
     result = run_experiment(cfg, origin=str(config), address=address, resume=resume, dry_run=dry_run, console=console)
     if isinstance(result, Plan):
@@ -53,7 +53,7 @@ def run(
         return
     console.print(
         f"[bold]done[/bold] in {result.seconds:.0f}s: {result.cells_run} cells run, {result.cells_skipped} already "
-        f"finished, {result.cells_failed} failed"
+        f"finished, {len(result.failed)} failed"
     )
     from harness.leaderboard import build_leaderboard, render_terminal
 
@@ -61,6 +61,15 @@ def run(
     Console().print(render_terminal(files))
     for name, path in {**result.tables, **files.paths()}.items():
         typer.echo(f"{name}: {path}")
+    if result.failed:
+        # Exit 1, not 2: the input was fine, some cells had no usable trial. A rerun retries just those cells.
+        named = ", ".join(result.failed[:5]) + (f" and {len(result.failed) - 5} more" if len(result.failed) > 5 else "")
+        typer.echo(
+            f"error: {len(result.failed)} cell(s) failed: {named} (errors in the trials table's 'error' column; "
+            "run the same command again to retry them)",
+            err=True,
+        )
+        raise typer.Exit(1)
 
 
 def _print_plan(cfg, plan) -> None:
@@ -72,7 +81,8 @@ def _print_plan(cfg, plan) -> None:
         table.add_column(column)
     for cell in plan.cells:
         done = cell.cell_id in plan.finished
-        table.add_row(cell.cell_id, "finished" if done else "to run", "-" if done else str(plan.trials_per_cell))
+        status = "finished" if done else "failed before, to run again" if cell.cell_id in plan.failed else "to run"
+        table.add_row(cell.cell_id, status, "-" if done else str(plan.trials_per_cell))
     Console().print(table)
     typer.echo(
         f"{len(plan.todo)} cells to run, at most {len(plan.todo) * plan.trials_per_cell} trials "
@@ -110,6 +120,8 @@ def defend(
         raise UserError(f"{config}: no defense '{defense}' in this config{did_you_mean(defense, specs)}")
     prepared = _prepare_data(cfg)
     weights = train_defense(cfg, specs[defense], prepared.train, prepared.fingerprint, 0)
+    how = "cached" if weights.cached else f"trained in {weights.train_seconds:.1f}s"
+    typer.echo(f"defense {defense}: {how} (weights fingerprint {weights.fingerprint})", err=True)
     typer.echo(str(weights.path))
 
 
@@ -146,7 +158,10 @@ def data_inspect(config: ConfigArg, set_: SetOpt = None) -> None:
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        app(standalone_mode=False)
+        # Outside standalone mode click returns a command's `typer.Exit(code)` instead of exiting with it.
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(UserError.exit_code)

@@ -30,6 +30,14 @@ class TinyBert(Strict):
     intermediate_size: int = Field(64, gt=0)
     seed: int = 0
 
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "TinyBert":
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads {self.num_attention_heads}"
+            )
+        return self
+
 
 class ModelConfig(Strict):
     source: str = Field("embedded", description="'embedded', 'tiny', a local directory, or a hub id")
@@ -86,11 +94,49 @@ class AttackSpec(Strict):
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
     space: dict[str, Any] = Field(default_factory=dict, description="search-space overrides, by dimension")
+    budgets: list[int] | None = Field(
+        None, min_length=1, description="run this attack only at these budgets (an expensive attack's subset)"
+    )
 
 
 class Resources(Strict):
     cpu: float = Field(1, ge=0)
     gpu: float = Field(0, ge=0)
+
+
+FaultKind = Literal["exception", "nan", "crash"]
+
+
+class FaultInjection(Strict):
+    """Deliberate trial failures, to test failure handling (never in a real benchmark).
+
+    A trial is picked by its seed, so the same trials fail on every attempt and every run with this setting. Kinds:
+    `exception` (the attack raises), `nan` (the attack reports a non-finite accuracy, as a diverged trial would),
+    `crash` (the worker process dies, as when the kernel kills it for memory). Not part of the config hash: a run
+    interrupted by faults continues, and retries its failed cells, with the faults switched off.
+    """
+
+    fraction: float = Field(gt=0, le=1, description="share of trials that fail (search trials and reruns)")
+    kind: FaultKind | list[FaultKind] = Field("exception", description="a kind, or a list to mix per trial")
+
+    @field_validator("kind")
+    @classmethod
+    def _some_kind(cls, kind: str | list[str]) -> str | list[str]:
+        if isinstance(kind, list) and not kind:
+            raise ValueError("names no kind; expected exception, nan or crash")
+        return kind
+
+    @property
+    def kinds(self) -> list[str]:
+        return [self.kind] if isinstance(self.kind, str) else list(self.kind)
+
+
+class AshaConfig(Strict):
+    """Asynchronous successive halving: at each rung (grace_period * reduction_factor^k training steps) a trial
+    whose best validation check so far is not in the top 1/reduction_factor of the trials seen there is stopped."""
+
+    grace_period: int = Field(gt=0, description="training steps every trial runs before it can be stopped")
+    reduction_factor: float = Field(3.0, gt=1, description="keep the best 1/reduction_factor at each rung")
 
 
 class SearchConfig(Strict):
@@ -104,6 +150,14 @@ class SearchConfig(Strict):
     resources_per_trial: Resources = Resources()
     max_failures: int = Field(1, ge=0, description="retries of a failing trial")
     eval_every: int = Field(0, ge=0, description="validation checks during a trial for early stopping (0 = end only)")
+    asha: AshaConfig | None = Field(None, description="stop poor trials early on their validation checks")
+    fault_injection: FaultInjection | None = Field(None, description="deliberate trial failures, for tests")
+
+    @model_validator(mode="after")
+    def _asha_needs_checks(self) -> "SearchConfig":
+        if self.asha is not None and self.eval_every == 0:
+            raise ValueError("asha stops trials on their validation checks: set eval_every > 0")
+        return self
 
 
 class DefenseTraining(Strict):
@@ -121,7 +175,10 @@ class ExperimentConfig(Strict):
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     tasks: Tasks = Tasks()
-    budgets: list[int] = Field(min_length=1)
+    budgets: list[int] = Field(min_length=1, description="attacker's training examples per cell")
+    desired_budgets: list[int] | None = Field(
+        None, min_length=1, description="budgets for the desired (utility) task; default: the same as `budgets`"
+    )
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     defenses: list[DefenseSpec] = Field(min_length=1)
     attacks: list[AttackSpec] = Field(min_length=1)
@@ -130,9 +187,11 @@ class ExperimentConfig(Strict):
     cluster: ClusterConfig = ClusterConfig()
     output: str | None = Field(None, description="run directory (default results/runs/<experiment>)")
 
-    @field_validator("budgets")
+    @field_validator("budgets", "desired_budgets")
     @classmethod
-    def _budgets(cls, budgets: list[int]) -> list[int]:
+    def _budgets(cls, budgets: list[int] | None) -> list[int] | None:
+        if budgets is None:
+            return None
         for b in budgets:
             if b <= 0:
                 raise ValueError(f"budget {b} must be a positive number of examples")
@@ -157,24 +216,63 @@ class ExperimentConfig(Strict):
                 )
         if self.tasks.harmful == self.tasks.desired:
             raise ValueError("tasks.harmful and tasks.desired name the same label column")
+        if self.search.selection == "heldout" and self.data.validation_split == self.data.test_split:
+            raise ValueError(
+                f"data.validation_split and data.test_split are both '{self.data.test_split}': held-out selection "
+                "needs a validation split apart from the test split (search.selection: reference selects on test)"
+            )
         names = [d.name for d in self.defenses]
         if len(set(names)) != len(names):
             raise ValueError(f"defenses: a name appears twice in {names}")
         names = [a.name for a in self.attacks]
         if len(set(names)) != len(names):
             raise ValueError(f"attacks: a name appears twice in {names}")
+        known = set(self.budgets) | set(self.desired_budgets or [])
+        for attack in self.attacks:
+            unknown = sorted(set(attack.budgets or []) - known)
+            if unknown:
+                raise ValueError(f"attacks: '{attack.name}' budgets {unknown} are not among the experiment's budgets")
         return self
+
+    def budgets_for(self, role: str) -> list[int]:
+        """The budgets of the harmful or desired task's cells."""
+        return self.desired_budgets if role == "desired" and self.desired_budgets else self.budgets
+
+    def runs_at(self, attack: AttackSpec, budget: int) -> bool:
+        return attack.budgets is None or budget in attack.budgets
 
     def run_dir(self) -> Path:
         return Path(self.output) if self.output else Path("results") / "runs" / self.experiment
 
     def content_hash(self) -> str:
-        """Hash of everything that defines the results (not where they are written or which cluster runs them)."""
-        payload = self.model_dump(mode="json", exclude={"output", "cluster"})
+        """Hash of everything that defines the results (not where they are written, which cluster runs them, or
+        faults injected on purpose)."""
+        payload = self.model_dump(mode="json", exclude={"output": True, "cluster": True, "search": {"fault_injection"}})
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # -- loading ----------------------------------------------------------------------------------------------------------
+class _DuplicateKey(Exception):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice in one mapping is an error rather than a silent last-one-wins."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: the base class reports it
+                break
+            if duplicate:
+                raise _DuplicateKey(f"key '{key}' appears twice (line {key_node.start_mark.line + 1})")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def _set_path(data: dict[str, Any], dotted: str, value: Any, origin: str) -> None:
     keys = dotted.split(".")
     node: Any = data
@@ -264,7 +362,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
     if path.is_dir():
         raise UserError(f"{origin}: is a directory, expected a YAML config file")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+    except _DuplicateKey as exc:
+        raise UserError(f"{origin}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

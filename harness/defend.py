@@ -78,6 +78,7 @@ class FileCheckpointer(Checkpointer):
     def __init__(self, folder: Path, every: int):
         self.folder = folder
         self.every = every
+        self.resumed_from: int | None = None  # the step of the checkpoint a training continued from
 
     def load(self) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]] | None:
         meta_path = self.folder / "checkpoint.json"
@@ -85,7 +86,8 @@ class FileCheckpointer(Checkpointer):
             return None
         meta = json.loads(meta_path.read_text())
         tensors = load_file(str(self.folder / meta["tensors"]))
-        return int(meta["step"]), tensors, meta.get("metadata", {})
+        self.resumed_from = int(meta["step"])
+        return self.resumed_from, tensors, meta.get("metadata", {})
 
     def save(self, step: int, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -114,7 +116,7 @@ class _Progress:
     def __call__(self, step: int, metrics: dict[str, float]) -> None:
         self.bar.update(step - self.bar.n)
         if metrics:
-            self.bar.set_postfix({k: f"{v:.3f}" for k, v in metrics.items()}, refresh=False)
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items()}, refresh=False)
 
     def close(self) -> None:
         self.bar.close()
@@ -136,6 +138,7 @@ def train_defense(
         work = root / ".work" / f"{spec.name}-{key}"
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         progress = _Progress(spec.name, defense.total_steps())
+        checkpointer = FileCheckpointer(work, cfg.defense_training.checkpoint_every)
         ctx = DefenseContext(
             model=cfg.model,
             train=train,
@@ -145,7 +148,7 @@ def train_defense(
             seed=seed,
             device=device,
             progress=progress,
-            checkpoint=FileCheckpointer(work, cfg.defense_training.checkpoint_every),
+            checkpoint=checkpointer,
         )
         torch.manual_seed(seed)
         started = time.perf_counter()
@@ -165,6 +168,7 @@ def train_defense(
             "seed": seed,
             "weights_fingerprint": fingerprint,
             "train_seconds": round(seconds, 3),
+            "resumed_from_step": checkpointer.resumed_from,  # set when an interrupted training was continued
             "device": str(device),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }

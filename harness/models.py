@@ -103,7 +103,8 @@ def build_encoder(cfg: ModelConfig, *, pretrained: bool = True) -> "BertModel":
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
         try:
-            model = AutoModel.from_pretrained(location, attn_implementation="eager", **overrides)
+            # safetensors only: a pickled checkpoint (pytorch_model.bin) can run code when loaded.
+            model = AutoModel.from_pretrained(location, attn_implementation="eager", use_safetensors=True, **overrides)
         except OSError as exc:
             raise UserError(f"model.source '{cfg.source}': cannot load weights: {exc}".splitlines()[0]) from None
         finally:

@@ -102,6 +102,11 @@ class AttackContext:
     features: Features | None  # frozen-encoder features, when the attack asked for them
     eval_every: int
     device: torch.device
+    # The search's hooks, for `harness.training.fit`'s on_eval / on_step: on_eval(step, val_accuracy) publishes a
+    # validation check (a scheduler such as ASHA may stop the trial on it), on_step(step, loss) raises
+    # `TrialStopped` once the search has stopped the trial, so its worker stops computing. No-ops outside a search.
+    on_eval: Callable[[int, float], None] = lambda step, accuracy: None
+    on_step: Callable[[int, float], None] = lambda step, loss: None
 
     def classifier(self, seed: int, load_encoder: bool = True) -> "Classifier":
         """The defended encoder with a freshly drawn head (the attacker never sees a defense's head).
@@ -144,6 +149,9 @@ class Attack(ABC):
 
     def __init__(self, params: BaseModel, space_overrides: dict[str, Any] | None = None, origin: str = "config"):
         self.params = params
+        # Kept on the instance, so it travels when the attack is pickled to a worker: an entry-point plugin's class
+        # gets its name from the registry lookup, which only the looking-up process has made.
+        self.name = type(self).name
         self.space = self._merge_space(space_overrides or {}, origin)
 
     @classmethod

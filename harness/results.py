@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from harness.atomic import write_file_atomic
 
+# Additive changes keep the version: trials' `node_id` came later and reads as null from files written before it.
 SCHEMA_VERSION = 1
 
 PARTITION_FIELDS = [
@@ -58,9 +59,10 @@ TRIAL_SCHEMA = pa.schema(
         pa.field("test_accuracy", pa.float64()),  # null for search trials: selection never sees test
         pa.field("steps_run", pa.int64()),
         pa.field("best_step", pa.int64()),
-        pa.field("status", pa.string()),  # ok | error | stopped (ended early by the plateau stop)
+        pa.field("status", pa.string()),  # ok | error | stopped (cut short by ASHA or the plateau stop)
         pa.field("error", pa.string()),
         pa.field("wall_seconds", pa.float64()),
+        pa.field("node_id", pa.string()),  # the Ray node whose worker trained it
         *PROVENANCE_FIELDS,
     ]
 )
@@ -163,8 +165,10 @@ def read_trials(run_dir: Path) -> pa.Table:
     if not folder.exists():
         return TRIAL_SCHEMA.empty_table()
     partitioning = ds.partitioning(pa.schema(PARTITION_FIELDS), flavor="hive")
-    dataset = ds.dataset(folder, format="parquet", partitioning=partitioning, exclude_invalid_files=True)
-    return dataset.to_table().select(TRIAL_SCHEMA.names).cast(TRIAL_SCHEMA)
+    # The explicit schema reads columns an older file lacks as nulls.
+    dataset = ds.dataset(folder, schema=TRIAL_SCHEMA, format="parquet", partitioning=partitioning,
+                         exclude_invalid_files=True)
+    return dataset.to_table()
 
 
 def read_cells(run_dir: Path) -> pa.Table:

@@ -1,7 +1,8 @@
 """`sdm run`: config -> cells -> defended weights -> one attack search per cell -> trial and cell tables.
 
-Each stage reads only what the previous one wrote. Finished cells (their row under `cells/`) are never recomputed;
-with `resume`, an interrupted cell's Tuner is restored instead of started over.
+Each stage reads only what the previous one wrote. Finished cells (their row under `cells/`, status ok) are never
+recomputed; a cell recorded as failed is run again, its rows replaced; with `resume`, an interrupted cell's Tuner is
+restored instead of started over. One driver at a time holds a run directory (`harness.lock`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ RUN_FILE = "run.json"
 @dataclass
 class Plan:
     cells: list[Cell]
-    finished: set[str]
+    finished: set[str]  # cells with a result: never recomputed
+    failed: set[str]  # cells recorded as failed by an earlier run: run again
     trials_per_cell: int
 
     @property
@@ -41,13 +43,13 @@ class RunSummary:
     run_dir: Path
     cells_run: int
     cells_skipped: int
-    cells_failed: int
+    failed: list[str]  # cells of this run that ended without a result
     seconds: float
     tables: dict[str, Path] = field(default_factory=dict)
 
 
 def plan_cells(cfg: ExperimentConfig, run_dir: Path) -> Plan:
-    from harness.results import finished_cells
+    from harness.results import read_cells
 
     roles = {"harmful": cfg.tasks.harmful, "desired": cfg.tasks.desired}
     cells = [
@@ -55,14 +57,23 @@ def plan_cells(cfg: ExperimentConfig, run_dir: Path) -> Plan:
         for d in cfg.defenses
         for a in cfg.attacks
         for role in cfg.tasks.attacked
-        for budget in cfg.budgets
+        for budget in cfg.budgets_for(role)
+        if cfg.runs_at(a, budget)
         for seed in cfg.seeds
     ]
-    return Plan(cells, finished_cells(run_dir), cfg.search.num_samples + cfg.search.reruns)
+    status = {row["cell_id"]: row["status"] for row in read_cells(run_dir).select(["cell_id", "status"]).to_pylist()}
+    return Plan(
+        cells,
+        {c for c, s in status.items() if s == "ok"},
+        {c for c, s in status.items() if s != "ok"},
+        cfg.search.num_samples + cfg.search.reruns,
+    )
 
 
 def check_run_dir(cfg: ExperimentConfig, run_dir: Path) -> None:
     """Refuse to mix another experiment's (or another config's) results into this directory."""
+    from harness.lock import HOLDER_FILE, LOCK_FILE
+
     marker = run_dir / RUN_FILE
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"output '{run_dir}': exists and is not a directory")
@@ -76,14 +87,24 @@ def check_run_dir(cfg: ExperimentConfig, run_dir: Path) -> None:
                 f"output '{run_dir}': holds results of experiment '{existing.get('experiment')}' with a different "
                 f"config (hash {existing.get('config_hash')} != {cfg.content_hash()}); use another --out"
             )
-    elif run_dir.exists() and any(run_dir.iterdir()):
+    elif run_dir.exists() and any(p.name not in {LOCK_FILE, HOLDER_FILE} for p in run_dir.iterdir()):
+        # Only a lock (a driver killed before it wrote run.json) is ours; anything else belongs to someone else.
         raise UserError(f"output '{run_dir}': not empty and not an sdm-bench run directory; use another --out")
 
 
 def _writable(run_dir: Path) -> None:
+    """Create and delete a file where the run directory will be: permission bits alone mislead (root, read-only
+    mounts, ACLs)."""
+    import tempfile
+
     probe = run_dir if run_dir.exists() else next((p for p in run_dir.parents if p.exists()), Path("."))
-    if not os.access(probe, os.W_OK):
-        raise UserError(f"output '{run_dir}': directory '{probe}' is not writable")
+    if not probe.is_dir():
+        raise UserError(f"output '{run_dir}': '{probe}' is a file, not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        raise UserError(f"output '{run_dir}': directory '{probe}' is not writable ({exc.strerror})") from None
 
 
 def validate_plugins(cfg: ExperimentConfig, origin: str) -> dict[str, Any]:
@@ -91,9 +112,13 @@ def validate_plugins(cfg: ExperimentConfig, origin: str) -> dict[str, Any]:
     from harness.defend import make_defense
     from harness.registry import ATTACKS
 
+    from harness.search import check_search
+
     for spec in cfg.defenses:
         make_defense(spec, origin)
-    return {spec.name: ATTACKS.get(spec.name).from_spec(spec.params, spec.space, origin) for spec in cfg.attacks}
+    attacks = {spec.name: ATTACKS.get(spec.name).from_spec(spec.params, spec.space, origin) for spec in cfg.attacks}
+    check_search(cfg.search, attacks, origin)
+    return attacks
 
 
 def run_experiment(
@@ -117,12 +142,20 @@ def run_experiment(
     if dry_run:
         return plan
     _writable(run_dir)
-    if not plan.todo:
-        from harness.results import write_cells_table
+    from harness.lock import RunLock
 
-        tables = {"trials": run_dir / "trials", "cells": write_cells_table(run_dir)}
-        return RunSummary(run_dir, 0, len(plan.cells), 0, time.perf_counter() - started, tables)
-    return _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, started)
+    with RunLock(run_dir) as lock:
+        if lock.previous is not None:
+            console.print(f"taking over the lock of a run that stopped without releasing it: {lock.previous.describe()}")
+        # Checked again under the lock: another driver may have written here since the checks above.
+        check_run_dir(cfg, run_dir)
+        plan = plan_cells(cfg, run_dir)
+        if not plan.todo:
+            from harness.results import write_cells_table
+
+            tables = {"trials": run_dir / "trials", "cells": write_cells_table(run_dir)}
+            return RunSummary(run_dir, 0, len(plan.cells), [], time.perf_counter() - started, tables)
+        return _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, started)
 
 
 @dataclass
@@ -164,7 +197,7 @@ def _prepare_data(cfg: ExperimentConfig) -> PreparedData:
         task = roles[role]
         for seed in cfg.seeds:
             budget_rows[(task, seed)] = nested_stratified_samples(
-                train.labels[task], cfg.budgets, seed, cfg.data.labels[task]
+                train.labels[task], cfg.budgets_for(role), seed, cfg.data.labels[task]
             )
     return PreparedData(corpus.source, corpus.fingerprint, train, val, test, budget_rows)
 
@@ -179,7 +212,25 @@ def _start_ray(cfg: ExperimentConfig, address: str | None) -> None:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+        # address="local": a new instance of our own. With no address, ray.init joins the latest instance another
+        # process started on this machine, whose workers lack this process's environment (PYTHONPATH, plugins)
+        # and die with it.
+        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+        _check_fits(cfg, ray.cluster_resources())
+
+
+def _check_fits(cfg: ExperimentConfig, available: dict[str, float]) -> None:
+    """On a local instance, a trial that asks for more than the machine has would wait forever: refuse it instead.
+
+    (A remote cluster may autoscale to fit, so there Ray's own warning about infeasible requests has to do.)
+    """
+    asks = {"search.resources_per_trial": cfg.search.resources_per_trial,
+            "defense_training.resources": cfg.defense_training.resources}
+    for where, resources in asks.items():
+        for kind, wanted in (("cpu", resources.cpu), ("gpu", resources.gpu)):
+            have = available.get(kind.upper(), 0.0)
+            if wanted > have:
+                raise UserError(f"{where}.{kind}: asks for {wanted:g} but this machine's Ray instance has {have:g}")
 
 
 def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, started) -> RunSummary:
@@ -198,6 +249,7 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _start_ray(cfg, address)  # first: it may still refuse the config, and nothing is written yet
     run_dir.mkdir(parents=True, exist_ok=True)
     clean_leftovers(run_dir)
     write_text_atomic(
@@ -205,7 +257,6 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
         json.dumps({"experiment": cfg.experiment, "config_hash": cfg.content_hash(),
                     "config": cfg.model_dump(mode="json")}, indent=2),
     )
-    _start_ray(cfg, address)
     storage = tune_dir(cfg, run_dir)
     base_fp = base_fingerprint(cfg.model)
     common = provenance(
@@ -218,10 +269,10 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
         data_fingerprint=prepared.fingerprint,
     )
     todo = plan.todo
-    summary = RunSummary(run_dir, 0, len(plan.cells) - len(todo), 0, 0.0)
+    summary = RunSummary(run_dir, 0, len(plan.cells) - len(todo), [], 0.0)
     defense_specs = {d.name: d for d in cfg.defenses}
     train_remote = ray.remote(train_defense)
-    pool = WorkerPool(cfg.search.max_concurrent, cfg.search.resources_per_trial)
+    pool = WorkerPool(cfg.search.max_concurrent, cfg.search.resources_per_trial, cfg.search.fault_injection)
     try:
         with Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -252,8 +303,10 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
                     cell_features = features(cell, rows_idx) if attack.needs_features() else None
                     payload = CellPayload(cfg.model, state, data, cell_features, attack,
                                           cfg.search.eval_every, cfg.search.resources_per_trial.cpu)
+                    # A failed cell's search is over: restoring it would only repeat its failure.
+                    restore = resume and cell.cell_id not in plan.failed
                     trial_rows, cell_row = run_cell(
-                        cfg, cell, payload, pool=pool, storage=storage, resume=resume,
+                        cfg, cell, payload, pool=pool, storage=storage, resume=restore,
                         on_trial=lambda: progress.advance(trials_bar),
                     )
                     keys = {"defense": cell.defense, "attack": cell.attack, "task": cell.task,
@@ -265,7 +318,8 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
                     write_cell(run_dir, trial_rows, cell_row)
                     write_cells_table(run_dir)
                     summary.cells_run += 1
-                    summary.cells_failed += cell_row["status"] == "failed"
+                    if cell_row["status"] != "ok":
+                        summary.failed.append(cell.cell_id)
                     progress.advance(cells_bar)
     finally:
         pool.shutdown()

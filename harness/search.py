@@ -1,7 +1,8 @@
 """One cell's attack search on Ray Tune: seeded TPE behind a concurrency limit, a plateau stop, then reruns.
 
 The attacker selects hyperparameters on the validation split only; the selected configuration is rerun with fresh
-seeds and scored on the held-out test split, which no search trial evaluates.
+seeds and scored on the held-out test split, which no search trial evaluates. With `search.asha`, Tune's ASHA
+scheduler stops poor trials on their validation checks, and their workers stop training at once (`WorkerPool.stop`).
 """
 
 from __future__ import annotations
@@ -18,14 +19,16 @@ import ray
 import torch
 from ray import tune
 from ray.tune import Stopper
+from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from harness.config import ExperimentConfig, ModelConfig
+from harness.config import ExperimentConfig, ModelConfig, SearchConfig
+from harness.errors import UserError
 from harness.plugins import Attack, CellData
-from harness.space import Fixed, to_tune
+from harness.space import Choice, Fixed, IntRange, to_tune
 from harness.training import Features
-from harness.trial import METRIC, config_json, derive_seed, proxy_trial
+from harness.trial import FINAL, METRIC, config_json, derive_seed, proxy_trial, trial_seed
 from harness.workers import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -62,8 +65,9 @@ class CellPayload:
 class PlateauStopper(Stopper):
     """Stop the search after `patience` finished trials without a new best validation accuracy.
 
-    Each trial counts once: Tune also calls stoppers with a function trainable's closing (done) result, which
-    repeats the last metrics and must not count as another trial without improvement.
+    Only a trial's final result counts (its validation checks before are progress, not a trial's outcome), and
+    each trial counts once: Tune also calls stoppers with a function trainable's closing (done) result, which
+    repeats the last metrics. A trial ASHA cuts short has no final result and does not count.
     """
 
     def __init__(self, patience: int):
@@ -74,7 +78,7 @@ class PlateauStopper(Stopper):
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
         value = result.get(METRIC)
-        if value is None or trial_id in self.seen:
+        if value is None or not result.get(FINAL) or trial_id in self.seen:
             return False
         self.seen.add(trial_id)
         if value > self.best:
@@ -106,10 +110,65 @@ class _TrialCounter(tune.Callback):
         self.on_trial()
 
 
+class _StopCutTrials(tune.Callback):
+    """Stops the worker of a trial the scheduler ended early: Tune ends the trial's proxy, not the worker's training.
+
+    Pickled with the Tuner's state without the pool (actor handles do not outlive the run); a restored search
+    leaves the trials it cuts to finish on their workers, and `WorkerPool.settle` still stops any left after it.
+    """
+
+    def __init__(self, pool: WorkerPool):
+        self.pool: WorkerPool | None = pool
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.pool = None
+
+    def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001 - Ray's signature
+        if self.pool is not None and not (trial.last_result or {}).get(FINAL):
+            self.pool.stop(trial.trial_id)
+
+
+def asha_scheduler(search: SearchConfig, attack: Attack) -> ASHAScheduler | None:
+    if search.asha is None:
+        return None
+    # Rungs are counted in training steps; no trial runs past the most steps the space can draw.
+    return ASHAScheduler(time_attr="step", max_t=max_steps(attack), grace_period=search.asha.grace_period,
+                         reduction_factor=search.asha.reduction_factor)
+
+
+def max_steps(attack: Attack) -> int:
+    dim = attack.space.get("steps")
+    if isinstance(dim, IntRange):
+        return dim.high
+    if isinstance(dim, Choice) and all(isinstance(v, int) for v in dim.values):
+        return max(dim.values)
+    if isinstance(dim, Fixed) and isinstance(dim.value, int):
+        return dim.value
+    raise ValueError(f"attack '{attack.name}' has no integer 'steps' dimension to count ASHA's rungs in")
+
+
+def check_search(search: SearchConfig, attacks: dict[str, Attack], origin: str) -> None:
+    """What the search protocol needs from the attacks, checked before anything runs."""
+    if search.asha is None:
+        return
+    for attack in attacks.values():
+        try:
+            steps = max_steps(attack)
+        except ValueError as exc:
+            raise UserError(f"{origin}: search.asha: {exc}") from None
+        if search.asha.grace_period >= steps:
+            raise UserError(f"{origin}: search.asha.grace_period {search.asha.grace_period} is not below the most "
+                            f"steps attack '{attack.name}' runs ({steps}): ASHA would never stop a trial")
+
+
 def tune_dir(cfg: ExperimentConfig, run_dir: Path) -> str:
     if cfg.cluster.storage_path:
-        base = cfg.cluster.storage_path.rstrip("/")
-        return f"{base}/{cfg.experiment}" if "://" in base else str(Path(base, cfg.experiment).resolve())
+        # The config hash keeps another config of the same experiment from restoring (or discarding) these searches.
+        base, name = cfg.cluster.storage_path.rstrip("/"), f"{cfg.experiment}-{cfg.content_hash()}"
+        return f"{base}/{name}" if "://" in base else str(Path(base, name).resolve())
     return str((run_dir / "tune").resolve())
 
 
@@ -151,6 +210,7 @@ def run_cell(
                 mode="max",
                 search_alg=ConcurrencyLimiter(searcher, max_concurrent=search.max_concurrent),
                 num_samples=search.num_samples,
+                scheduler=asha_scheduler(search, payload.attack),
                 reuse_actors=True,
                 trial_dirname_creator=lambda trial: trial.trial_id,
             ),
@@ -159,28 +219,32 @@ def run_cell(
                 storage_path=storage,
                 stop=PlateauStopper(search.plateau_patience),
                 failure_config=tune.FailureConfig(max_failures=search.max_failures),
-                callbacks=[_TrialCounter(on_trial)],
+                callbacks=[_TrialCounter(on_trial), _StopCutTrials(pool)],
                 verbose=0,
             ),
         )
     grid = tuner.fit()
+    steps_ran = pool.settle()  # trials still training when the search ended stop now
     rows: list[dict[str, Any]] = []
     for result in grid:
         metrics = result.metrics or {}
         config = {k: v for k, v in (result.config or {}).items()}
-        ok = result.error is None and metrics.get(METRIC) is not None
-        # No error and no result: the plateau stop ended the search while this trial was still running.
+        trial_id = metrics.get("trial_id") or Path(result.path).name
+        ok = result.error is None and bool(metrics.get(FINAL))
+        # No error and no final result: cut short by ASHA, or by the plateau stop ending the search. Its validation
+        # accuracy is its best check before the cut, its steps those its worker ran; selection never picks it.
         status = "ok" if ok else ("error" if result.error is not None else "stopped")
         rows.append(
             {
                 "phase": "search",
-                "trial_id": metrics.get("trial_id") or Path(result.path).name,
-                "trial_seed": metrics.get("trial_seed"),
+                "trial_id": trial_id,
+                "trial_seed": trial_seed(cell.seed, config),  # also for failed trials: enough to reproduce one
                 "hyperparameters": config_json(config),
-                "val_accuracy": metrics.get(METRIC) if ok else None,
+                "val_accuracy": metrics.get(METRIC) if status != "error" else None,
                 "test_accuracy": None,
-                "steps_run": metrics.get("steps_run"),
+                "steps_run": metrics.get("steps_run") if ok else steps_ran.get(trial_id),
                 "best_step": metrics.get("best_step"),
+                "node_id": metrics.get("node_id"),
                 "status": status,
                 "error": _error_text(result.error) if status == "error" else None,
                 "wall_seconds": metrics.get("compute_seconds"),
@@ -201,39 +265,48 @@ def run_cell(
         return rows, cell_row
     # Ties go to the earliest trial, so selection does not depend on the order results came back in.
     best = max(good, key=lambda r: (r["val_accuracy"], -rows.index(r)))
+    best_config = best["_config"]
+    for row in rows:
+        row.pop("_config")
     seeds = [derive_seed(cell.cell_id, "rerun", i) for i in range(search.reruns)]
-    futures = [pool.handles[i % len(pool.handles)].run.remote(holder, best["_config"], seed, True)
-               for i, seed in enumerate(seeds)]
+    # Reruns get the search trials' retries; one that still fails leaves the cell without its test estimate, which
+    # is defined over all `reruns` seeds: the cell is failed rather than reported over fewer.
+    outcomes = pool.run_all(holder, [(best_config, seed) for seed in seeds], True, search.max_failures + 1)
     reruns = []
-    for i, (seed, outcome) in enumerate(zip(seeds, ray.get(futures))):
+    for i, (seed, outcome) in enumerate(zip(seeds, outcomes)):
+        ok = isinstance(outcome, dict)
         reruns.append(
             {
                 "phase": "rerun",
                 "trial_id": f"rerun-{i}",
                 "trial_seed": seed,
                 "hyperparameters": best["hyperparameters"],
-                "val_accuracy": outcome["val_accuracy"],
-                "test_accuracy": outcome["test_accuracy"],
-                "steps_run": outcome["steps_run"],
-                "best_step": outcome["best_step"],
-                "status": "ok",
-                "error": None,
-                "wall_seconds": outcome["seconds"],
+                "val_accuracy": outcome["val_accuracy"] if ok else None,
+                "test_accuracy": outcome["test_accuracy"] if ok else None,
+                "steps_run": outcome["steps_run"] if ok else None,
+                "best_step": outcome["best_step"] if ok else None,
+                "status": "ok" if ok else "error",
+                "error": None if ok else _error_text(outcome),
+                "wall_seconds": outcome["seconds"] if ok else None,
+                "node_id": outcome["node_id"] if ok else None,
             }
         )
         on_trial()
-    tests = [r["test_accuracy"] for r in reruns]
+    tests = [r["test_accuracy"] for r in reruns if r["status"] == "ok"]
     cell_row.update(
-        status="ok",
         best_hyperparameters=best["hyperparameters"],
         best_val_accuracy=best["val_accuracy"],
-        test_accuracy=statistics.fmean(tests),
-        test_accuracy_std=statistics.stdev(tests) if len(tests) > 1 else 0.0,
-        n_reruns=len(reruns),
+        n_reruns=len(tests),
         wall_seconds=time.perf_counter() - started,
     )
-    for row in rows:
-        row.pop("_config")
+    if len(tests) < len(reruns):
+        cell_row.update(status="failed")
+    else:
+        cell_row.update(
+            status="ok",
+            test_accuracy=statistics.fmean(tests),
+            test_accuracy_std=statistics.stdev(tests) if len(tests) > 1 else 0.0,
+        )
     return rows + reruns, cell_row
 
 
@@ -245,6 +318,8 @@ def _discard(path: str) -> None:
 
 
 def _error_text(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    # Ray wraps the trial's exception; its last line names the original error.
-    return (text[-1] if text else type(error).__name__)[:500]
+    """The original error's type and first line: Ray wraps a trial's exception, once per process it crossed."""
+    while isinstance(getattr(error, "cause", None), BaseException):
+        error = error.cause
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"[:500]

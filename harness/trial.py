@@ -4,6 +4,11 @@ Tune starts fresh trial actors for every cell's Tuner. Importing torch and trans
 seconds per cell on a laptop, so this module imports nothing heavy: the work runs in `harness.workers.AttackWorker`
 actors that live for the whole run, keep their imports and cache the cell's payload from the object store. Tune still
 schedules, stops, retries and records every trial; CPUs are reserved by these proxies, GPUs by the workers.
+
+A trial reports every validation check its worker publishes (the best accuracy so far, at that training step), so a
+scheduler such as ASHA can stop it on any of them, then a last result marked `FINAL`. Tune ends a stopped proxy
+abruptly, so the proxy cannot be trusted to stop or give back its worker: the worker rejoins the queue by itself when
+its trial ends, and the search stops the worker's training (`WorkerPool.stop`, `WorkerPool.settle`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from ray import tune
 from ray.exceptions import ActorDiedError, ActorUnavailableError
 
 METRIC = "val_accuracy"
+FINAL = "final"  # set on a trial's last result only: a trial without it was cut short
 
 
 def config_json(config: dict[str, Any]) -> str:
@@ -29,16 +35,29 @@ def derive_seed(*parts: Any) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
+def trial_seed(cell_seed: int, config: dict[str, Any]) -> int:
+    """A search trial's seed: a function of the cell and the configuration, so a retry repeats the same trial."""
+    return derive_seed(cell_seed, config_json(config))
+
+
 def proxy_trial(config: dict[str, Any], holder: list, cell_seed: int, workers: Any, replace_worker: Any) -> None:
-    """Run one search trial on a free worker and report its validation accuracy."""
-    seed = derive_seed(cell_seed, config_json(config))
-    worker = workers.get()  # blocks until a worker is free
+    """Run one search trial on a free worker; report its validation checks as they come, then its result."""
+    seed = trial_seed(cell_seed, config)
+    trial_id = tune.get_context().get_trial_id()
+    worker = workers.get()  # blocks until a worker is free; the worker rejoins the queue when the trial ends
     try:
-        result = ray.get(worker.run.remote(holder, config, seed, False))
+        done = worker.trial.remote(holder, config, seed, trial_id, workers)
+        best = float("-inf")
+        for point in worker.evaluations.remote(trial_id):
+            step, accuracy, node_id = ray.get(point)
+            best = max(best, accuracy)  # fit keeps the best checkpoint: the trial is worth its best check so far
+            tune.report({METRIC: best, "step": step, "trial_seed": seed, "node_id": node_id})
+        result = ray.get(done)
     except (ActorDiedError, ActorUnavailableError):
-        worker = replace_worker()  # e.g. killed for memory: the trial fails (and is retried), the pool heals
+        workers.put(replace_worker())  # e.g. killed for memory: the trial fails (and is retried), the pool heals
         raise
-    finally:
-        workers.put(worker)
-    tune.report({METRIC: result["val_accuracy"], "steps_run": result["steps_run"], "best_step": result["best_step"],
-                 "trial_seed": seed, "compute_seconds": result["seconds"]})
+    if result.get("stopped"):
+        return  # the search stopped this trial while it was still running: nothing more to report
+    tune.report({METRIC: result["val_accuracy"], "step": result["steps_run"], FINAL: True,
+                 "steps_run": result["steps_run"], "best_step": result["best_step"], "trial_seed": seed,
+                 "compute_seconds": result["seconds"], "node_id": result["node_id"]})

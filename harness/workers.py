@@ -1,26 +1,66 @@
-"""Persistent attack workers: heavy imports and each cell's payload are loaded once per worker, not once per trial."""
+"""Persistent attack workers: heavy imports and each cell's payload are loaded once per worker, not once per trial.
+
+Every attack outcome passes through `AttackWorker.run`, so this is where a broken one is stopped: an accuracy that is
+not a number in [0, 1] fails the trial (which Tune then retries) instead of reaching selection or a published mean.
+It is also where `search.fault_injection` makes chosen trials fail, to prove that handling on a real run.
+"""
 
 from __future__ import annotations
 
+import logging
+import math
+import os
+import queue
 import time
 from typing import Any
 
 import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayError
 from ray.util.queue import Queue
 
-from harness.config import Resources
+from harness.config import FaultInjection, Resources
+from harness.trial import derive_seed
+
+log = logging.getLogger(__name__)
 
 
-@ray.remote(num_cpus=0)
+class InjectedFault(RuntimeError):
+    """A failure `search.fault_injection` asked for."""
+
+
+class InvalidOutcome(RuntimeError):
+    """An attack reported an accuracy that is not a number in [0, 1]."""
+
+
+class TrialStopped(Exception):
+    """Raised inside a search trial's training once the search has stopped the trial (ASHA, the plateau stop)."""
+
+
+def injected_fault(faults: FaultInjection | None, seed: int) -> str | None:
+    """The kind of fault the trial with this seed suffers, or None; the same on every attempt."""
+    if faults is None or derive_seed("fault", seed) / 2**31 >= faults.fraction:
+        return None
+    return faults.kinds[derive_seed("fault-kind", seed) % len(faults.kinds)]
+
+
+# One training at a time (the default group); the "control" methods run beside it, so a trial's validation checks
+# can be streamed out and the trial stopped while it trains.
+@ray.remote(num_cpus=0, concurrency_groups={"control": 4})
 class AttackWorker:
     """Runs attack trials and reruns; caches the current cell's payload (weights, data, features)."""
 
-    def __init__(self, cpus: float):
+    def __init__(self, cpus: float, faults: FaultInjection | None = None):
         import torch
 
         torch.set_num_threads(max(1, int(cpus)))
         self._key: str | None = None
         self._payload: Any = None
+        self._faults = faults
+        self._trial: str | None = None  # the search trial training now
+        self._steps = 0  # its training steps so far
+        self._stopped: set[str] = set()  # search trials to stop at their next step
+        self._checks: dict[str, queue.SimpleQueue] = {}  # search trial -> its validation checks, then None
+        self._ran: dict[str, int] = {}  # search trials ended since `steps_run` was last asked -> their steps
 
     def run(self, holder: list, config: dict[str, Any], seed: int, score_test: bool) -> dict[str, Any]:
         import torch
@@ -28,6 +68,13 @@ class AttackWorker:
         from harness.plugins import AttackContext
 
         started = time.perf_counter()
+        fault = injected_fault(self._faults, seed)
+        if fault is not None:
+            log.warning("injecting a fault (%s) into the trial with seed %d", fault, seed)
+        if fault == "crash":
+            os._exit(1)  # no cleanup, no exception: the way the kernel's OOM killer ends a process
+        if fault == "exception":
+            raise InjectedFault(f"injected exception (trial seed {seed})")
         ref = holder[0]
         if ref.hex() != self._key:
             self._payload, self._key = None, None  # free the previous cell's weights first
@@ -35,37 +82,180 @@ class AttackWorker:
         payload = self._payload
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         ctx = AttackContext(payload.model, payload.encoder_state, payload.data, payload.features,
-                            payload.eval_every, device)
+                            payload.eval_every, device, on_eval=self._on_eval, on_step=self._on_step)
         torch.manual_seed(seed)
         outcome = payload.attack.run(ctx, config, seed, score_test)
+        val = _accuracy(payload.attack.name, "val_accuracy", math.nan if fault == "nan" else outcome.val_accuracy)
+        test = _accuracy(payload.attack.name, "test_accuracy", outcome.test_accuracy) if score_test else None
         return {
-            "val_accuracy": outcome.val_accuracy,
-            "test_accuracy": outcome.test_accuracy,
+            "val_accuracy": val,
+            "test_accuracy": test,
             "steps_run": outcome.steps_run,
             "best_step": outcome.best_step,
             "seconds": time.perf_counter() - started,
+            "node_id": ray.get_runtime_context().get_node_id(),
         }
+
+    def trial(self, holder: list, config: dict[str, Any], seed: int, trial_id: str, pool_queue: Queue) -> dict:
+        """A search trial: `run` without test scoring, streaming its validation checks to `evaluations` and
+        stoppable by `stop`. The worker then rejoins `pool_queue` itself: the trial's proxy may be gone by then."""
+        self._trial, self._steps = trial_id, 0
+        try:
+            result = self.run(holder, config, seed, False)
+            self._ran[trial_id] = result["steps_run"]
+            return result
+        except TrialStopped:
+            self._ran[trial_id] = self._steps
+            return {"stopped": True, "steps_run": self._steps}
+        finally:
+            self._trial = None
+            self._stopped.discard(trial_id)
+            self._channel(trial_id).put(None)
+            pool_queue.put(ray.get_runtime_context().current_actor)
+
+    @ray.method(concurrency_group="control")
+    def evaluations(self, trial_id: str):
+        """The trial's validation checks as (step, accuracy, node id), as they happen, until the trial ends."""
+        channel = self._channel(trial_id)
+        node_id = ray.get_runtime_context().get_node_id()
+        while (check := channel.get()) is not None:
+            yield (*check, node_id)
+        self._checks.pop(trial_id, None)
+
+    @ray.method(concurrency_group="control")
+    def stop(self, trial_id: str | None = None) -> None:
+        """Stop this search trial (None: whichever is training) at its next step, if it is training here."""
+        current = self._trial
+        if current is not None and trial_id in (None, current):
+            self._stopped.add(current)
+
+    def steps_run(self) -> dict[str, int]:
+        """Training steps of each search trial that ended since the last call, stopped or not. In the default
+        group, so it answers only once the training in progress has ended."""
+        ran, self._ran = self._ran, {}
+        return ran
+
+    def _channel(self, trial_id: str) -> queue.SimpleQueue:
+        return self._checks.setdefault(trial_id, queue.SimpleQueue())
+
+    def _on_eval(self, step: int, accuracy: float) -> None:
+        if self._trial is not None:
+            self._channel(self._trial).put((step, accuracy))
+
+    def _on_step(self, step: int, loss: float) -> None:
+        self._steps = step
+        if self._trial is not None and self._trial in self._stopped:
+            raise TrialStopped(f"trial {self._trial} stopped by the search at step {step}")
+
+
+def _accuracy(attack: str, name: str, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not (math.isfinite(number) and 0.0 <= number <= 1.0):
+        raise InvalidOutcome(f"attack '{attack}' reported {name} {value!r}, not a number in [0, 1]")
+    return number
+
+
+@ray.remote(num_cpus=0)
+class _Spawner:
+    """Creates the pool's workers, and so owns them: a Ray actor dies with its owner, and a worker that replaces a
+    dead one from inside a trial must outlive that trial's actor, though not the driver (which owns the spawner)."""
+
+    def __init__(self, options: dict[str, Any], args: tuple):
+        self._options, self._args = options, args
+        self._workers: list[Any] = []  # held so they stay alive
+
+    def spawn(self) -> Any:
+        worker = AttackWorker.options(**self._options, scheduling_strategy=self._placement()).remote(*self._args)
+        self._workers.append(worker)
+        return worker
+
+    def _placement(self) -> Any:
+        """The next of the live nodes that have what a trial asks for (CPUs, or GPUs), in turn. Ray's SPREAD leaves
+        actors that reserve nothing, as a CPU worker does, on one node."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        wanted = "GPU" if self._options["num_gpus"] else "CPU"
+        nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get(wanted, 0) > 0)
+        if not nodes:
+            return "SPREAD"
+        return NodeAffinitySchedulingStrategy(nodes[len(self._workers) % len(nodes)], soft=True)
+
+    def workers(self) -> list[Any]:
+        return list(self._workers)
 
 
 class WorkerPool:
     """`size` workers with the trial resources' GPUs, and a queue that lends them to trials one at a time."""
 
-    def __init__(self, size: int, resources: Resources):
-        self._options = {"num_gpus": resources.gpu, "scheduling_strategy": "SPREAD"}
-        self._cpus = resources.cpu
-        self.handles = [self._new() for _ in range(size)]
+    def __init__(self, size: int, resources: Resources, faults: FaultInjection | None = None):
+        self.size = size
+        options = {"num_gpus": resources.gpu}
+        self._spawner = _Spawner.remote(options, (resources.cpu, faults))
         self.queue = Queue(actor_options={"num_cpus": 0})
-        for handle in self.handles:
+        for handle in ray.get([self._spawner.spawn.remote() for _ in range(size)]):
             self.queue.put(handle)
 
     def _new(self) -> Any:
-        return AttackWorker.options(**self._options).remote(self._cpus)
+        return ray.get(self._spawner.spawn.remote())
 
     def replacement_factory(self):
-        options, cpus = self._options, self._cpus
-        return lambda: AttackWorker.options(**options).remote(cpus)
+        spawner = self._spawner
+        return lambda: ray.get(spawner.spawn.remote())
+
+    def run_all(
+        self, holder: list, jobs: list[tuple[dict[str, Any], int]], score_test: bool, attempts: int
+    ) -> list[dict[str, Any] | RayError]:
+        """Run (config, seed) jobs on the pool's free workers; a failing job is tried up to `attempts` times in all.
+
+        Returns each job's result, or the error of its last attempt. A worker that died is replaced.
+        """
+        outcomes: list[Any] = [None] * len(jobs)
+        tries = [0] * len(jobs)
+        waiting = list(range(len(jobs)))
+        running: dict[Any, tuple[int, Any]] = {}
+        while waiting or running:
+            while waiting and len(running) < self.size:
+                i = waiting.pop(0)
+                worker = self.queue.get()
+                tries[i] += 1
+                config, seed = jobs[i]
+                running[worker.run.remote(holder, config, seed, score_test)] = (i, worker)
+            [done], _ = ray.wait(list(running), num_returns=1)
+            i, worker = running.pop(done)
+            try:
+                outcomes[i] = ray.get(done)
+            except (ActorDiedError, ActorUnavailableError) as exc:
+                outcomes[i] = exc
+                worker = self._new()
+            except RayError as exc:  # the attack raised: Ray wraps its exception
+                outcomes[i] = exc
+            self.queue.put(worker)
+            if isinstance(outcomes[i], RayError) and tries[i] < attempts:
+                waiting.append(i)
+        return outcomes
+
+    def stop(self, trial_id: str | None = None) -> None:
+        """Stop a search trial (None: every search trial) wherever it trains, at its next step; returns at once."""
+        for worker in ray.get(self._spawner.workers.remote()):
+            worker.stop.remote(trial_id)
+
+    def settle(self) -> dict[str, int]:
+        """After a search: stop its trials still training, wait until they have, and return the training steps
+        its trials ran, by trial id (what a trial cut short really cost: its proxy never heard its end)."""
+        workers = ray.get(self._spawner.workers.remote())
+        for worker in workers:
+            worker.stop.remote()
+        ran: dict[str, int] = {}
+        for worker in workers:
+            try:
+                ran.update(ray.get(worker.steps_run.remote()))
+            except (ActorDiedError, ActorUnavailableError):
+                pass  # a dead worker trains nothing
+        return ran
 
     def shutdown(self) -> None:
         self.queue.shutdown(force=True)
-        for handle in self.handles:
-            ray.kill(handle)
+        ray.kill(self._spawner)  # its workers die with it

@@ -964,6 +964,9 @@ def profession_sentence(content: str, kind: str, rng: random.Random) -> str:
     return rng.choice(HAND_FRAMES[weighted(rng, options)])
 
 
+DOUBLED_THE = re.compile(r"\b([Tt])he the\b")
+
+
 def write_bio(label: str, gender: int, pools: dict, rng: random.Random) -> tuple[str, dict]:
     spec = SPECS[label]
     noisy = rng.random() < PARAMS["content_noise_rate"]
@@ -991,6 +994,8 @@ def write_bio(label: str, gender: int, pools: dict, rng: random.Random) -> tuple
                                          person.named and rng.random() < PARAMS["rename_rate"])
         sentences.append(fill(template, person, want_name, slots, rng))
     text = " ".join(s[0].upper() + s[1:] for s in sentences)
+    # Some templates say "the {univ}" and some university names start with "the": never write "the the".
+    text = DOUBLED_THE.sub(r"\1he", text)
     return text, {"noisy": noisy, "mode": mode, "first_name": mode == "first" and person.named}
 
 

@@ -86,3 +86,21 @@ def test_content_hash_ignores_output_location(tmp_path: Path):
     path = write(tmp_path, MINIMAL)
     assert load_config(path, ["output=a"]).content_hash() == load_config(path, ["output=b"]).content_hash()
     assert load_config(path).content_hash() != load_config(path, ["budgets=[20]"]).content_hash()
+
+
+def test_per_task_and_per_attack_budgets_shape_the_cell_plan(tmp_path: Path):
+    from harness.runner import plan_cells
+
+    cfg = load_config(SMOKE, ["desired_budgets=[60]", "attacks.0.budgets=[30, 60]"])
+    cells = plan_cells(cfg, tmp_path / "run").cells
+    budgets = {(c.task_role, c.budget) for c in cells}
+    assert budgets == {("harmful", 30), ("harmful", 60), ("desired", 60)}
+    assert len(cells) == 2 * 3  # 2 defenses x (2 harmful budgets + 1 desired), one seed
+
+    cfg = load_config(SMOKE, ["attacks.0.budgets=[60]"])
+    assert {c.budget for c in plan_cells(cfg, tmp_path / "run").cells} == {60}
+
+
+def test_attack_budget_outside_the_experiment_is_refused():
+    with pytest.raises(UserError, match=r"'finetune' budgets \[45\] are not among"):
+        load_config(SMOKE, ["attacks.0.budgets=[45]"])

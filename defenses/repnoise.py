@@ -1,0 +1,184 @@
+"""Representation Noising (RepNoise), after Rosati et al., "Representation Noising: A Defence Mechanism Against
+Harmful Finetuning" (NeurIPS 2024, arXiv 2405.14577).
+
+RepNoise trains on three terms at once: a stability loss on harmless data, a term that pushes the representations of
+harmful data at every layer towards Gaussian noise (a maximum mean discrepancy, MMD), and gradient ascent on the
+harmful loss. Here, every step draws one batch of training rows (each carries both labels) and minimises
+
+    desired-task cross-entropy  +  noise_weight * noise term  +  ascent_weight * ascent term
+
+- noise term: for each layer's pooled representations (the classifier's own pooling) and each harmful class in the
+  batch, the MMD between that class's representations and Gaussian noise, averaged over layers and classes;
+- ascent term: the negated harmful cross-entropy of a persistent harmful head, each example's clamped at
+  `ascent_cap * log C` (bounded ascent), while that head keeps learning the harmful task on the current features.
+
+What was adapted or approximated, and why:
+- The paper noises the representations of harmful *inputs* (harmful prompts and answers) and keeps harmless ones. In
+  task blocking both tasks read the same biographies, so noising every harmful-batch representation would erase the
+  desired task as well. What must carry no harmful information here is the harmful *label*: each harmful class's
+  representations are matched to the same noise distribution, so the classes become indistinguishable from noise
+  and from each other, while the desired task stays free to use the shape within that distribution.
+- Representations are pooled per layer (not per token), since the attacker's head reads pooled features.
+- The noise has the representations' own scale (their root mean square, not differentiated), and the kernel is a
+  sum of Gaussian kernels with bandwidths relative to the representations' mean squared norm, so the MMD measures
+  the *shape* of the distribution, not a change of scale the encoder could make for free.
+- An encoder has no harmful head of its own to ascend on (an LLM ascends on its language-modelling head), so the
+  ascent term uses a head trained alongside (Adam, `head_lr`), as `adversarial` does. It has a small default weight
+  and stops at chance level: any push that depends on the harmful label puts label information into the features
+  (a confidently wrong head is read as well as a right one), and on the tests' tiny task ascent alone raised a
+  probe's harmful accuracy instead of lowering it (measurements in docs/defenses.md).
+- No dropout (eval mode), so a run is deterministic for its seed and resumes bit for bit from a checkpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+from harness.attack_step import sample_batch
+from harness.censoring import capped_neg_ce, draw_head, make_batch
+from harness.classifier import Classifier, mean_pool
+from harness.plugins import Defense, DefenseContext
+from harness.registry import register_defense
+from harness.resumable import (
+    check_params,
+    load_optimizer_tensors,
+    optimizer_tensors,
+    params_metadata,
+    train_resumable,
+)
+
+KERNEL_SCALES = (0.25, 1.0, 4.0)  # bandwidths, relative to the representations' mean squared norm
+
+
+class RepNoiseParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    steps: int = Field(1000, ge=0, description="training steps")
+    lr: float = Field(1e-5, gt=0, description="Adam learning rate (encoder and desired head)")
+    batch_size: int = Field(20, gt=1, description="rows per step; each gives a desired and a harmful label")
+    grad_clip: float = Field(10.0, gt=0, description="gradient clip (global norm)")
+    noise_weight: float = Field(1.0, ge=0, description="beta: weight of the representation-noise MMD term")
+    ascent_weight: float = Field(0.1, ge=0, description="alpha: weight of the bounded harmful gradient ascent")
+    ascent_cap: float = Field(1.0, gt=0, description="per-example harmful cross-entropy clamped at cap * log(C)")
+    head_lr: float = Field(1e-3, gt=0, description="Adam lr of the harmful head the ascent term is measured with")
+    layers: Literal["all", "last"] = Field("all", description="noise every layer's pooled representations, or the last")
+
+
+def gaussian_mmd(x: torch.Tensor, y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Squared MMD (biased estimate, >= 0) between samples x and y, with a sum of Gaussian kernels.
+
+    Kernel bandwidths are `KERNEL_SCALES` times `scale` (a squared distance). Squared distances are formed from
+    inner products rather than `torch.cdist`, whose gradient at zero distance (the diagonal) is not finite.
+    """
+    z = torch.cat([x, y])
+    sq = z.pow(2).sum(1)
+    dist = (sq[:, None] + sq[None, :] - 2 * z @ z.T).clamp_min(0.0)
+    kernel = sum(torch.exp(-dist / (s * scale)) for s in KERNEL_SCALES)
+    n = len(x)
+    return kernel[:n, :n].mean() + kernel[n:, n:].mean() - 2 * kernel[:n, n:].mean()
+
+
+def noise_term(
+    layers: list[torch.Tensor], labels: torch.Tensor, num_classes: int, generator: torch.Generator
+) -> torch.Tensor:
+    """Mean over layers and harmful classes of MMD(class's pooled representations, Gaussian noise)."""
+    terms = []
+    for features in layers:
+        scale = features.detach().pow(2).sum(1).mean().clamp_min(1e-12)  # mean squared norm
+        rms = (scale / features.shape[1]).sqrt()
+        for c in range(num_classes):
+            rows = features[labels == c]
+            if len(rows) < 2:
+                continue  # one row says nothing about a distribution
+            noise = torch.randn(rows.shape, generator=generator).to(rows.device) * rms
+            terms.append(gaussian_mmd(rows, noise, scale))
+    return torch.stack(terms).mean() if terms else layers[-1].new_zeros(())
+
+
+class RepNoiseTrainer:
+    """A RepNoise training run; its state is checkpointable for an identical continuation."""
+
+    def __init__(self, p: RepNoiseParams, ctx: DefenseContext):
+        self.p = p
+        self.ctx = ctx
+        self.generator = torch.Generator().manual_seed(ctx.seed)
+        self.model = Classifier(ctx.base_encoder(), ctx.num_labels[ctx.desired], ctx.model.pooling).to(ctx.device)
+        self.model.eval()
+        width = self.model.head.in_features
+        self.harm_head = torch.nn.Linear(width, ctx.num_labels[ctx.harmful]).to(ctx.device)
+        with torch.no_grad():  # both heads from the run's generator, so the seed alone fixes the run
+            for head in (self.model.head, self.harm_head):
+                drawn = draw_head(width, head.out_features, self.generator, ctx.device)
+                head.weight.copy_(drawn["head.weight"])
+                head.bias.copy_(drawn["head.bias"])
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=p.lr)
+        self.head_optimizer = torch.optim.Adam(self.harm_head.parameters(), lr=p.head_lr)
+        self.step_count = 0
+
+    def pooled_layers(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
+        """Pooled representations of every layer's output (the last one is the classifier's features)."""
+        out = self.model.encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        hidden = out.hidden_states[1:] if self.p.layers == "all" else out.hidden_states[-1:]
+        if self.model.pooling == "mean":
+            return [mean_pool(h, attention_mask) for h in hidden]
+        return [h[:, 0] for h in hidden]
+
+    def step(self) -> dict[str, float]:
+        p, ctx = self.p, self.ctx
+        index = sample_batch(len(ctx.train), p.batch_size, self.generator)
+        batch = make_batch(ctx.train, index, ctx.desired, ctx.device)
+        harmful = torch.from_numpy(ctx.train.labels[ctx.harmful][index.numpy()]).to(ctx.device)
+        layers = self.pooled_layers(batch.input_ids, batch.attention_mask)
+        features = layers[-1]
+        desired = F.cross_entropy(self.model.head(features), batch.labels)
+        noise = noise_term(layers, harmful, self.harm_head.out_features, self.generator)
+        # The head is the adversary's: the encoder ascends its loss, the head's own update comes below.
+        harm_logits = F.linear(features, self.harm_head.weight.detach(), self.harm_head.bias.detach())
+        ascent = capped_neg_ce(harm_logits, harmful, p.ascent_cap)
+        total = desired + p.noise_weight * noise + p.ascent_weight * ascent
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), p.grad_clip)
+        self.optimizer.step()
+        self.head_optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(self.harm_head(features.detach()), harmful).backward()
+        self.head_optimizer.step()
+        self.step_count += 1
+        return {"desired_loss": desired.item(), "noise_mmd": noise.item(), "harmful_loss": -ascent.item()}
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors = {f"model/{k}": v.detach().clone() for k, v in self.model.state_dict().items()}
+        tensors.update({f"harm_head/{k}": v.detach().clone() for k, v in self.harm_head.state_dict().items()})
+        tensors.update(optimizer_tensors(self.optimizer, "opt"))
+        tensors.update(optimizer_tensors(self.head_optimizer, "head_opt"))
+        tensors["rng"] = self.generator.get_state()  # the run's only source of randomness (eval mode: no dropout)
+        return tensors, params_metadata(self.p)
+
+    def load(self, step: int, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
+        check_params(metadata, self.p)
+        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
+        self.harm_head.load_state_dict({k[10:]: v for k, v in tensors.items() if k.startswith("harm_head/")})
+        load_optimizer_tensors(self.optimizer, tensors, "opt")
+        load_optimizer_tensors(self.head_optimizer, tensors, "head_opt")
+        self.generator.set_state(tensors["rng"])
+        self.step_count = step
+
+    def encoder_state(self) -> dict[str, torch.Tensor]:
+        return self.model.encoder.state_dict()
+
+
+@register_defense("repnoise")
+class RepNoise(Defense):
+    """RepNoise (Rosati et al. 2024): each harmful class's representations pushed to noise, plus bounded ascent."""
+
+    Params = RepNoiseParams
+
+    def total_steps(self) -> int:
+        return self.params.steps
+
+    def train(self, ctx: DefenseContext) -> dict[str, torch.Tensor]:
+        return train_resumable(RepNoiseTrainer(self.params, ctx), self.params.steps, ctx, self.name)

@@ -1,0 +1,1 @@
+"""An example sdm-bench plugin package: the defense `example-noise` and the attack `example-probe`."""

@@ -1,0 +1,7 @@
+"""The example defense passes sdm-bench's conformance kit (run with the package installed, from a checkout)."""
+
+from harness.testing import check_defense
+
+
+def test_example_noise_conforms():
+    check_defense("example-noise", params={"steps": 3}, invalid_params=[{"noise": -1.0}, {"steps": "many"}])

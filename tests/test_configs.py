@@ -1,0 +1,64 @@
+"""The shipped configs: every one validates, and the paper's cluster protocol plans its full grid with `--dry-run`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from harness.config import ModelConfig, load_config
+from harness.models import model_location
+from harness.runner import validate_plugins
+from tests.conftest import ROOT, sdm_command
+from tests.test_data_loader import PUBLISHED, write_shard
+
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_shipped_config_validates(path: Path) -> None:
+    cfg = load_config(path)
+    validate_plugins(cfg, str(path))  # every plugin name, parameter and search dimension
+
+
+def local_bert_l2_h128(folder: Path) -> Path:
+    """A local stand-in for google/bert_uncased_L-2_H-128_A-2: its config and the uncased BERT vocabulary (the
+    embedded MiniLM ships the same 30,522-token vocabulary). A dry run reads the tokenizer, never the weights."""
+    from transformers import BertConfig
+
+    folder.mkdir(parents=True)
+    BertConfig(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512).save_pretrained(folder)
+    embedded = Path(model_location(ModelConfig()))
+    for name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json"):
+        if (embedded / name).exists():
+            shutil.copy(embedded / name, folder / name)
+    return folder
+
+
+def test_paper_config_dry_run_plans_the_full_protocol(tmp_path: Path) -> None:
+    data = tmp_path / "bias_in_bios"
+    for i, (split, name) in enumerate(PUBLISHED.items()):
+        write_shard(data / name, {"train": 3000, "dev": 400, "test": 400}[split], seed=i)
+    model = local_bert_l2_h128(tmp_path / "bert_uncased_L-2_H-128_A-2")
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [*sdm_command(), "run", str(ROOT / "configs" / "paper.yaml"), "--dry-run", "--out", str(out),
+         "--set", f"data.source={data}", "--set", f"model.source={model}"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    # 4 defenses x 2 tasks x 4 budgets x 6 seeds, each at most 50 search trials + 15 reruns.
+    assert "192 cells to run, at most 12480 trials (50 search + 15 reruns per cell)" in result.stdout
+    for defense in ("random-init", "bert", "adversarial", "mlac"):
+        assert f"{defense}__finetune__gender__b200__s5" in result.stdout
+    assert not out.exists()  # a dry run writes nothing
+
+    cfg = load_config(ROOT / "configs" / "paper.yaml")
+    mlac = next(d for d in cfg.defenses if d.name == "mlac").params
+    assert (mlac["steps"], mlac["inner_steps"], mlac["lr"], mlac["batch_size"]) == (50000, 16, 1e-5, 20)
+    assert (cfg.search.num_samples, cfg.search.plateau_patience, cfg.search.reruns) == (50, 15, 15)
+    assert cfg.model.source == "google/bert_uncased_L-2_H-128_A-2" and cfg.budgets == [20, 50, 100, 200]
+    assert json.loads(json.dumps(cfg.attacks[0].params)) == {"preset": "paper"}
