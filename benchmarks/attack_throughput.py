@@ -184,16 +184,13 @@ def run_sdm(opts: argparse.Namespace, grid: list[dict[str, Any]], workdir: Path,
             marks.append(start if mark.endswith(">") else stop)
     phases = {name: b - a for (name, _), a, b in zip(SDM_PHASES, marks, marks[1:])}
 
-    # Tune numbers trials in the order it starts them; the first `concurrent` start on fresh workers.
-    rows = sorted((r for r in read_trials(cfg.run_dir()).to_pylist() if r["phase"] == "search"),
-                  key=lambda r: r["trial_id"])
-    if len(rows) != len(grid) or any(r["status"] != "ok" for r in rows):
-        raise RuntimeError(f"expected {len(grid)} finished search trials, got {[r['status'] for r in rows]}")
-    trials = []
-    for row in rows:
-        config = json.loads(row["hyperparameters"])
-        trials.append({"mode": config.get("mode", grid[0]["mode"]), "compute": row["wall_seconds"],
-                       "val_accuracy": row["val_accuracy"], "status": row["status"]})
+    # Rows come in the order Tune created the trials; the first `concurrent` ran on fresh workers.
+    rows = [r for r in read_trials(cfg.run_dir()).to_pylist() if r["phase"] == "search"]
+    trained = [{k: json.loads(r["hyperparameters"])[k] for k in keys} for r in rows]
+    if trained != [{k: c[k] for k in keys} for c in grid] or any(r["status"] != "ok" for r in rows):
+        raise RuntimeError(f"the search did not train the grid: {trained}, {[r['status'] for r in rows]}")
+    trials = [{"mode": config["mode"], "compute": row["wall_seconds"], "val_accuracy": row["val_accuracy"]}
+              for config, row in zip(grid, rows)]
     rerun = phases["rerun (not in the grid)"]
     return {
         "wall": end - rerun,
@@ -337,7 +334,7 @@ def child(side: str, spec_path: Path, result_path: Path) -> None:
 def run_side(side: str, opts: argparse.Namespace, grid: list[dict[str, Any]], workdir: Path) -> dict[str, Any]:
     workdir.mkdir(parents=True)
     spec, result, log = workdir / "spec.json", workdir / "result.json", workdir / "log.txt"
-    spec.write_text(json.dumps({"opts": vars(opts), "grid": grid, "workdir": str(workdir)}))
+    spec.write_text(json.dumps({"opts": vars(opts), "grid": grid, "workdir": str(workdir)}, default=str))
     load_before = os.getloadavg()
     with log.open("w") as out:
         code = subprocess.call([sys.executable, __file__, "--child", side, str(spec), str(result)],
@@ -415,25 +412,27 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=12, help="configurations in the grid")
     parser.add_argument("--grids", nargs="+", choices=["mixed", "full"], default=["mixed", "full"],
                         help="mixed: probe and full trials alternate; full: full fine-tuning only")
-    parser.add_argument("--steps", type=int, nargs="+", default=[50, 100], help="training steps the grid draws from")
+    parser.add_argument("--steps", type=int, nargs="+", default=[25, 50], help="training steps the grid draws from")
     parser.add_argument("--budget", type=int, default=100, help="training examples")
     parser.add_argument("--layers", type=int, default=2, help="keep the encoder's first N layers")
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--val-size", type=int, default=150, help="validation rows")
     parser.add_argument("--test-size", type=int, default=300, help="test rows (sdm-bench's rerun only)")
     parser.add_argument("--concurrent", type=int, default=2, help="sdm-bench's trials at once (search.max_concurrent)")
+    parser.add_argument("--keep", type=Path, help="keep each side's results, logs and run directory here")
     opts = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     results: dict[str, dict[str, dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="sdm-throughput-") as tmp:
+        root = opts.keep or Path(tmp)
         for i, kind in enumerate(opts.grids):
             grid = make_grid(opts.trials, kind, opts.steps)
             order = ("sdm", "trainer") if i % 2 == 0 else ("trainer", "sdm")  # alternate who goes first
             results[kind] = {}
             for side in order:
                 print(f"{kind} grid: {LABELS[side]} ...", file=sys.stderr, flush=True)
-                results[kind][side] = run_side(side, opts, grid, Path(tmp, kind, side))
+                results[kind][side] = run_side(side, opts, grid, root / kind / side)
     print(report(opts, results))
 
 

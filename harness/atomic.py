@@ -19,6 +19,8 @@ def write_file_atomic(path: Path, write: Callable[[Path], None]) -> Path:
     os.close(fd)
     try:
         write(Path(tmp))
+        with open(tmp, "rb") as written:
+            os.fsync(written.fileno())  # on disk before the rename: a node that crashes leaves old or new, not empty
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -81,7 +81,7 @@ def _print_plan(cfg, plan) -> None:
         table.add_column(column)
     for cell in plan.cells:
         done = cell.cell_id in plan.finished
-        status = "finished" if done else "failed before, to run again" if cell.cell_id in plan.failed else "to run"
+        status = "finished" if done else "failed: retry" if cell.cell_id in plan.failed else "to run"
         table.add_row(cell.cell_id, status, "-" if done else str(plan.trials_per_cell))
     Console().print(table)
     typer.echo(

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EMBEDDED_ID = "sentence-transformers/all-MiniLM-L6-v2"
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model")
 
 
 def embedded_model_path() -> Path:
@@ -42,6 +43,12 @@ def model_location(cfg: ModelConfig) -> str:
             raise UserError(f"model.source '{cfg.source}': expected a model directory, got a file")
         if not (path / "config.json").exists():
             raise UserError(f"model.source '{cfg.source}': no config.json in that directory")
+        if not any((path / name).exists() for name in TOKENIZER_FILES):
+            # transformers would build an empty tokenizer (special tokens only) and every word would become [UNK].
+            raise UserError(
+                f"model.source '{cfg.source}': no tokenizer in that directory (expected one of "
+                f"{', '.join(TOKENIZER_FILES)})"
+            )
         return str(path)
     if cfg.source.count("/") == 1 and not cfg.source.startswith((".", "/")):
         if os.environ.get("HF_HUB_OFFLINE") == "1":
@@ -66,7 +73,10 @@ def model_id(cfg: ModelConfig) -> str:
 def _tokenizer(location: str) -> "PreTrainedTokenizerBase":
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(location)
+    try:
+        return AutoTokenizer.from_pretrained(location)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"model '{location}': cannot load its tokenizer: {exc}".splitlines()[0]) from None
 
 
 def load_tokenizer(cfg: ModelConfig) -> "PreTrainedTokenizerBase":
@@ -99,6 +109,13 @@ def build_encoder(cfg: ModelConfig, *, pretrained: bool = True) -> "BertModel":
     if pretrained:
         from transformers.utils import logging as hf_logging
 
+        # Checked on the stored config: loading with the override would quietly add freshly initialised layers.
+        available = AutoConfig.from_pretrained(location).num_hidden_layers
+        if cfg.num_hidden_layers and cfg.num_hidden_layers > available:
+            raise UserError(
+                f"model.num_hidden_layers {cfg.num_hidden_layers} is more than the {available} layers of '{cfg.source}'"
+            )
+
         # Truncation drops layers on purpose; transformers would report each dropped weight as unexpected.
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
@@ -109,11 +126,6 @@ def build_encoder(cfg: ModelConfig, *, pretrained: bool = True) -> "BertModel":
             raise UserError(f"model.source '{cfg.source}': cannot load weights: {exc}".splitlines()[0]) from None
         finally:
             hf_logging.set_verbosity(verbosity)
-        if cfg.num_hidden_layers and cfg.num_hidden_layers > model.config.num_hidden_layers:
-            raise UserError(
-                f"model.num_hidden_layers {cfg.num_hidden_layers} is more than the "
-                f"{model.config.num_hidden_layers} layers of '{cfg.source}'"
-            )
         return model
     config = AutoConfig.from_pretrained(location, **overrides)
     return AutoModel.from_config(config, attn_implementation="eager")

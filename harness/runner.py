@@ -72,6 +72,7 @@ def plan_cells(cfg: ExperimentConfig, run_dir: Path) -> Plan:
 
 def check_run_dir(cfg: ExperimentConfig, run_dir: Path) -> None:
     """Refuse to mix another experiment's (or another config's) results into this directory."""
+    from harness.atomic import TMP_MARK
     from harness.lock import HOLDER_FILE, LOCK_FILE
 
     marker = run_dir / RUN_FILE
@@ -87,7 +88,9 @@ def check_run_dir(cfg: ExperimentConfig, run_dir: Path) -> None:
                 f"output '{run_dir}': holds results of experiment '{existing.get('experiment')}' with a different "
                 f"config (hash {existing.get('config_hash')} != {cfg.content_hash()}); use another --out"
             )
-    elif run_dir.exists() and any(p.name not in {LOCK_FILE, HOLDER_FILE} for p in run_dir.iterdir()):
+    elif run_dir.exists() and any(
+        p.name not in {LOCK_FILE, HOLDER_FILE} and not p.name.startswith(TMP_MARK) for p in run_dir.iterdir()
+    ):
         # Only a lock (a driver killed before it wrote run.json) is ours; anything else belongs to someone else.
         raise UserError(f"output '{run_dir}': not empty and not an sdm-bench run directory; use another --out")
 
@@ -139,6 +142,9 @@ def run_experiment(
     check_run_dir(cfg, run_dir)
     plan = plan_cells(cfg, run_dir)
     prepared = _prepare_data(cfg)  # validates data and budgets before anything is written
+    from harness.models import base_fingerprint
+
+    base_fingerprint(cfg.model)  # loads the base weights (cached for the run): a model that cannot load fails here
     if dry_run:
         return plan
     _writable(run_dir)
@@ -146,7 +152,8 @@ def run_experiment(
 
     with RunLock(run_dir) as lock:
         if lock.previous is not None:
-            console.print(f"taking over the lock of a run that stopped without releasing it: {lock.previous.describe()}")
+            gone = lock.previous.describe()
+            console.print(f"taking over the lock of a run that stopped without releasing it: {gone}")
         # Checked again under the lock: another driver may have written here since the checks above.
         check_run_dir(cfg, run_dir)
         plan = plan_cells(cfg, run_dir)
@@ -242,7 +249,7 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
     from harness.models import base_fingerprint, model_id
     from harness.plugins import CellData
     from harness.results import provenance, write_cell, write_cells_table
-    from harness.search import CellPayload, run_cell, tune_dir
+    from harness.search import CellPayload, discard_search, run_cell, tune_dir
     from harness.workers import WorkerPool
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -303,10 +310,8 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
                     cell_features = features(cell, rows_idx) if attack.needs_features() else None
                     payload = CellPayload(cfg.model, state, data, cell_features, attack,
                                           cfg.search.eval_every, cfg.search.resources_per_trial.cpu)
-                    # A failed cell's search is over: restoring it would only repeat its failure.
-                    restore = resume and cell.cell_id not in plan.failed
                     trial_rows, cell_row = run_cell(
-                        cfg, cell, payload, pool=pool, storage=storage, resume=restore,
+                        cfg, cell, payload, pool=pool, storage=storage, resume=resume,
                         on_trial=lambda: progress.advance(trials_bar),
                     )
                     keys = {"defense": cell.defense, "attack": cell.attack, "task": cell.task,
@@ -316,6 +321,7 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
                     trial_rows = [{**keys, **row, **stamp} for row in trial_rows]
                     cell_row = {**keys, **cell_row, **stamp}
                     write_cell(run_dir, trial_rows, cell_row)
+                    discard_search(storage, cell)  # recorded: nothing left to resume (a failed cell starts afresh)
                     write_cells_table(run_dir)
                     summary.cells_run += 1
                     if cell_row["status"] != "ok":

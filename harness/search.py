@@ -195,12 +195,13 @@ def run_cell(
     space = payload.attack.space
     fixed = {k: v.value for k, v in space.items() if isinstance(v, Fixed)}
     searched = {k: v for k, v in space.items() if not isinstance(v, Fixed)}
-    experiment_path = f"{storage}/{cell.cell_id}" if "://" in storage else str(Path(storage, cell.cell_id))
+    experiment_path = search_path(storage, cell)
+    # A cell's search state exists only while the cell is unfinished (`discard_search` runs once it is recorded).
     if resume and tune.Tuner.can_restore(experiment_path):
         log.info("restoring the interrupted search of %s", cell.cell_id)
         tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_errored=False, restart_errored=False)
     else:
-        _discard(experiment_path)
+        discard_search(storage, cell)
         searcher = OptunaSearch(seed=derive_seed(cell.cell_id, "tpe"))
         tuner = tune.Tuner(
             trainable,
@@ -310,11 +311,22 @@ def run_cell(
     return rows + reruns, cell_row
 
 
-def _discard(path: str) -> None:
-    if "://" not in path:
-        import shutil
+def search_path(storage: str, cell: Cell) -> str:
+    """Where a cell's Ray Tune state lives: a local folder or a storage URI."""
+    return f"{storage}/{cell.cell_id}" if "://" in storage else str(Path(storage, cell.cell_id))
 
-        shutil.rmtree(path, ignore_errors=True)
+
+def discard_search(storage: str, cell: Cell) -> None:
+    """Delete a cell's Tune state: before a fresh search, and once the cell's rows are written (so that `--resume`
+    only ever finds searches that were interrupted, never a finished one to repeat)."""
+    import pyarrow.fs as pafs
+
+    path = search_path(storage, cell)
+    filesystem, where = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
+    try:
+        filesystem.delete_dir(where)
+    except FileNotFoundError:
+        pass
 
 
 def _error_text(error: BaseException) -> str:

@@ -81,6 +81,32 @@ CORPORA: dict[str, Callable[[Path], None]] = {
 }
 
 
+# -- base model folders ------------------------------------------------------------------------------------------------
+def _pickled_weights(folder: Path, tokenizer: bool = True) -> None:
+    """A BERT folder whose weights are only a pickled `pytorch_model.bin` (what a safetensors-only loader refuses)."""
+    import shutil
+
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from harness.models import embedded_model_path
+
+    model = BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64))
+    model.config.save_pretrained(folder)
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    if tokenizer:
+        for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            shutil.copy(embedded_model_path() / name, folder / name)
+
+
+MODELS: dict[str, Callable[[Path], None]] = {
+    "pickled-weights": _pickled_weights,
+    "no-tokenizer": lambda folder: _pickled_weights(folder, tokenizer=False),
+    "damaged-tokenizer": lambda folder: (_pickled_weights(folder, tokenizer=False),
+                                         (folder / "tokenizer.json").write_text("{oops")),
+}
+
+
 # -- prepared output folders -----------------------------------------------------------------------------------------
 def _another_experiment(out: Path) -> None:
     out.mkdir()
@@ -108,7 +134,7 @@ def _made(path: Path, make: Callable[[Path], object]) -> Path:
     return path
 
 
-# -- running a case ------------------------------------------------------------------------------------------------------
+# -- running a case ----------------------------------------------------------------------------------------------------
 def prepare(case: dict, tmp: Path) -> list[str]:
     """Write the case's files under `tmp`; the `sdm run` arguments."""
     config = HOSTILE / case["file"] if "file" in case else SMOKE
@@ -117,6 +143,9 @@ def prepare(case: dict, tmp: Path) -> list[str]:
     if "data" in case:
         CORPORA[case["data"]](tmp / "data")
         sets = ["data.source={data}", "budgets=[30]", *sets]
+    if "model" in case:
+        MODELS[case["model"]](tmp / "model")
+        sets = [f"model.source={tmp / 'model'}", *sets]
     sets = [s.replace("{data}", str(tmp / "data")).replace("{tmp}", str(tmp)) for s in sets]
     return ["run", str(config), "--out", str(out), *(a for s in sets for a in ("--set", s))]
 
@@ -159,7 +188,7 @@ def test_hostile_input_exits_2_with_one_line_and_writes_nothing(
 def test_catalogue_is_large_and_unique() -> None:
     ids = [c["id"] for c in CASES]
     assert len(ids) >= 25 and len(set(ids)) == len(ids)
-    assert all(set(c) <= {"id", "file", "set", "data", "out", "expect"} for c in CASES)
+    assert all(set(c) <= {"id", "file", "set", "data", "model", "out", "expect"} for c in CASES)
 
 
 @pytest.mark.parametrize("case_id", ["config-not-yaml", "data-label-out-of-range", "output-holds-another-experiment"])

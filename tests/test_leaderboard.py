@@ -217,6 +217,16 @@ def test_summary_data_cost_and_desired_accuracy():
     assert m["desired_accuracy_mean"] is None
 
 
+def test_desired_task_with_its_own_budgets():
+    # desired_budgets: the utility task is attacked at 100 only, the harmful task at 20 and 200.
+    cells = [cell("bert", "probe", "harmful", b, s, 0.6) for b in (20, 200) for s in range(2)]
+    cells += [cell("bert", "probe", "desired", 100, s, v) for s, v in enumerate([0.56, 0.60])]
+    b = summary(aggregate(table(cells), threshold=0.75), "bert")
+    assert (b["max_budget"], b["desired_max_budget"]) == (200, 100)
+    assert b["desired_accuracy_max_budget"] == pytest.approx(0.58)
+    assert (b["data_cost"], b["data_cost_flag"]) == (None, ">max budget")
+
+
 # -- files --------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def standard_run(tmp_path_factory: pytest.TempPathFactory) -> Path:

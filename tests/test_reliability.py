@@ -1,7 +1,7 @@
-"""Reliability with real processes: a `sdm run` killed with SIGKILL and resumed, a second driver on the same output
-folder, failing trials injected into a real Ray run, and a killed `sdm defend`.
+"""Reliability with real processes: failing trials injected into a real Ray run, a `sdm run` killed with SIGKILL and
+resumed, a second driver on the same output folder, and a killed `sdm defend`.
 
-Runs are shrunk with --set (one defense, the harmful task) so that each real run takes well under a minute.
+The `sdm run` tests share one scenario of three real runs, shrunk with --set to one defense and the harmful task.
 """
 
 from __future__ import annotations
@@ -25,12 +25,9 @@ from harness.config import FaultInjection, load_config
 from harness.defend import train_defense
 from harness.lock import HOLDER_FILE
 from harness.results import read_cells, read_trials
-from harness.runner import _prepare_data
+from harness.runner import _prepare_data, plan_cells
 from harness.workers import injected_fault
 from tests.conftest import SMOKE, sdm_command
-
-SMALL = ["--set", "defenses=[{name: random-init}]", "--set", "tasks.attacked=[harmful]"]
-
 
 def sdm(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([*sdm_command(), *args], cwd=cwd, capture_output=True, text=True, timeout=600,
@@ -98,209 +95,183 @@ def trial_key(row: dict) -> tuple:
     return row["cell_id"], row["phase"], row["trial_id"]
 
 
-# -- kill -9 and --resume ------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def killed_and_resumed(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    work = tmp_path_factory.mktemp("kill")
-    out = work / "run"
-    args = ["run", str(SMOKE), "--out", str(out), *SMALL]
-    first_cell, second_cell = (f"random-init__finetune__gender__b{b}__s0" for b in (30, 60))
-    # Tune saves a search's state every 10 s by default; every second lets the kill land after a saved trial.
-    driver = start(*args, cwd=work, env={"TUNE_GLOBAL_CHECKPOINT_S": "1"})
-
-    # A second driver on the same folder is refused, naming the first.
-    wait_for(lambda: (out / HOLDER_FILE).exists(), driver, "the first run took the lock")
-    second = sdm(*args, cwd=work)
-
-    # Kill once the first cell is written and the second cell's search has saved a finished trial.
-    def second_cell_saved() -> bool:
-        states = (out / "tune" / second_cell).glob("experiment_state-*.json")
-        return (out / "cells" / f"{first_cell}.parquet").exists() and any("TERMINATED" in text(s) for s in states)
-
-    wait_for(second_cell_saved, driver, "the second cell saved a finished trial")
-    ray_processes = descendants(driver.pid)
-    os.kill(driver.pid, signal.SIGKILL)
-    driver.wait()
-    first_cell_file = out / "cells" / f"{first_cell}.parquet"
-    before = {
-        "first_cell": digest(first_cell_file),
-        "first_trials": pq.read_table(next((out / "trials").rglob("budget=30/*/trials.parquet"))).to_pylist(),
-        "cells": sorted(p.name for p in (out / "cells").glob("*.parquet")),
-        "finished_trials": sorted(p.parent.name for p in (out / "tune" / second_cell).glob("*/result.json")
-                                  if text(p).strip()),
-    }
-    # Ray's two agents first try to report the raylet's death to the (dead) GCS and give up after about a minute;
-    # everything else (GCS, raylet, the workers holding memory) goes at once.
-    core = [p for p, cmd in ray_processes.items() if "Agent" not in cmd]
-    deadline = time.monotonic() + 15
-    while alive(core) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    lingering = alive(core)
-
-    # What a kill in the middle of a Parquet write leaves behind.
-    leftovers = [out / "cells" / f"{TMP_MARK}{second_cell}.parquet.x1", out / "trials" / f"{TMP_MARK}trials.parquet.x2"]
-    for path in leftovers:
-        path.write_bytes(b"half a parquet file")
-
-    resumed = sdm(*args, "--resume", cwd=work)
-    deadline = time.monotonic() + 150
-    while alive(ray_processes) and time.monotonic() < deadline:
-        time.sleep(1)
-    return {"out": out, "second": second, "driver_pid": driver.pid, "before": before,
-            "ray_processes": ray_processes, "lingering": lingering,
-            "resumed": resumed, "leftovers": leftovers, "cells": (first_cell, second_cell)}
-
-
-def test_a_second_driver_is_refused_naming_the_lock_holder(killed_and_resumed):
-    second, pid = killed_and_resumed["second"], killed_and_resumed["driver_pid"]
-    assert second.returncode == 2, second.stderr
-    line = second.stderr.strip()
-    assert "\n" not in line and "another sdm run is using it" in line and f"pid {pid} on host" in line, line
-
-
-def test_a_killed_driver_leaves_no_ray_processes(killed_and_resumed):
-    processes = killed_and_resumed["ray_processes"]
-    assert any("gcs_server" in c for c in processes.values()) and any("raylet" in c for c in processes.values())
-    assert any("ray::" in c and "Agent" not in c for c in processes.values())  # workers
-    assert killed_and_resumed["lingering"] == set(), {p: processes[p] for p in killed_and_resumed["lingering"]}
-    assert alive(processes) == set()
-
-
-def test_resume_takes_over_the_dead_drivers_lock_and_completes(killed_and_resumed):
-    resumed, pid = killed_and_resumed["resumed"], killed_and_resumed["driver_pid"]
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"taking over the lock of a run that stopped without releasing it: pid {pid}" in resumed.stderr
-    assert "1 cells run, 1 already finished" in resumed.stderr
-    assert not (killed_and_resumed["out"] / HOLDER_FILE).exists()
-
-
-def test_resume_keeps_finished_cells_and_writes_every_cell_and_trial_once(killed_and_resumed):
-    out, before = killed_and_resumed["out"], killed_and_resumed["before"]
-    first_cell, second_cell = killed_and_resumed["cells"]
-    assert before["cells"] == [f"{first_cell}.parquet"]
-    # The cell finished before the kill is not recomputed: its files are byte for byte what the first driver wrote.
-    assert digest(out / "cells" / f"{first_cell}.parquet") == before["first_cell"]
-    trials = read_trials(out).to_pylist()
-    first_rows = [{k: v for k, v in r.items() if k not in ("defense", "attack", "task", "budget", "seed")}
-                  for r in trials if r["cell_id"] == first_cell]
-    assert sorted(first_rows, key=trial_key) == sorted(before["first_trials"], key=trial_key)
-
-    cells = read_cells(out).to_pylist()
-    assert sorted(c["cell_id"] for c in cells) == [first_cell, second_cell]
-    assert {c["status"] for c in cells} == {"ok"}
-    assert pq.read_table(out / "cells.parquet").num_rows == 2
-    keys = [trial_key(r) for r in trials]
-    assert len(keys) == len(set(keys)), [k for k, n in Counter(keys).items() if n > 1]
-    for cell in cells:
-        rows = [r for r in trials if r["cell_id"] == cell["cell_id"]]
-        search = [r for r in rows if r["phase"] == "search"]
-        assert 1 <= len(search) <= 3 and sum(r["phase"] == "rerun" for r in rows) == 2
-        assert cell["n_trials"] == len(search)
-        # No configuration was searched twice (a restart of a restored trial must not add a row).
-        assert len({r["hyperparameters"] for r in search}) == len(search)
-    # The interrupted cell's search was restored, not started over: trials finished before the kill are kept.
-    second_ids = {r["trial_id"] for r in trials if r["cell_id"] == second_cell and r["phase"] == "search"}
-    assert before["finished_trials"] and set(before["finished_trials"]) <= second_ids
-
-
-def test_leftovers_of_an_interrupted_write_are_cleaned_up(killed_and_resumed):
-    assert not any(path.exists() for path in killed_and_resumed["leftovers"])
-    assert not list(killed_and_resumed["out"].rglob(f"{TMP_MARK}*"))
-
-
-# -- failing trials --------------------------------------------------------------------------------------------------
+# -- one scenario: a run with injected faults, a retry killed with SIGKILL, its --resume -------------------------------
 FAULTS = {"fraction": 0.5, "kind": ["exception", "nan", "crash"]}
-FAULT_RUN = [*SMALL, "--set", "search.num_samples=4", "--set", "search.plateau_patience=4",
-             "--set", "search.max_failures=1"]
+# One defense, the harmful task, budgets 30 and 60: two cells of four search trials (no plateau stop) and two reruns.
+ARGS = ["--set", "defenses=[{name: random-init}]", "--set", "tasks.attacked=[harmful]",
+        "--set", "search.num_samples=4", "--set", "search.plateau_patience=4", "--set", "search.max_failures=1"]
+CELLS = [f"random-init__finetune__gender__b{b}__s0" for b in (30, 60)]
 
 
 @pytest.fixture(scope="module")
-def faulty_then_clean(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    work = tmp_path_factory.mktemp("faults")
+def scenario(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """1. a run with fault injection: some trials fail, one cell fails (exit 1); 2. the next run's plan; 3. the same
+    run without faults, which retries the failed cell, killed with SIGKILL once that cell's search saved a finished
+    trial (a second driver is refused meanwhile); 4. --resume, which restores that search and completes the run."""
+    work = tmp_path_factory.mktemp("scenario")
     out = work / "run"
-    args = ["run", str(SMOKE), "--out", str(out), *FAULT_RUN]
-    faulty = sdm(*args, "--set", f"search.fault_injection={json.dumps(FAULTS)}", cwd=work,
-                 env={"RAY_DEDUP_LOGS": "0"})
-    after_faults = {
-        "cells": read_cells(out).to_pylist(),
+    args = ["run", str(SMOKE), "--out", str(out), *ARGS]
+    got: dict = {"out": out}
+
+    got["faulty"] = sdm(*args, "--set", f"search.fault_injection={json.dumps(FAULTS)}", cwd=work,
+                        env={"RAY_DEDUP_LOGS": "0"})
+    cells = read_cells(out).to_pylist()
+    got["after_faults"] = {
+        "cells": cells,
         "trials": read_trials(out).to_pylist(),
         "leaderboard": pq.read_table(out / "leaderboard" / "leaderboard.parquet").to_pylist(),
         "files": {p.name: digest(p) for p in (out / "cells").glob("*.parquet")},
     }
-    clean = sdm(*args, cwd=work)
-    return {"out": out, "faulty": faulty, "after_faults": after_faults, "clean": clean}
+    failed = [c["cell_id"] for c in cells if c["status"] == "failed"]
+    assert len(failed) == 1, f"the fault pattern must fail one cell of two (failed: {failed}); adjust FAULTS"
+    got["retried"] = retried = failed[0]
+    got["plan"] = plan_cells(load_config(SMOKE, [*ARGS[1::2], f"output={out}"]), out)
+
+    # Tune saves a search's state every 10 s by default; every second lets the kill land after a saved trial.
+    driver = start(*args, cwd=work, env={"TUNE_GLOBAL_CHECKPOINT_S": "1"})
+    wait_for(lambda: (out / HOLDER_FILE).exists(), driver, "the run took the lock")
+    got["second"] = sdm(*args, cwd=work)
+
+    def saved_a_finished_trial() -> bool:
+        return any("TERMINATED" in text(s) for s in (out / "tune" / retried).glob("experiment_state-*.json"))
+
+    wait_for(saved_a_finished_trial, driver, "the retried cell's search saved a finished trial")
+    got["ray_processes"] = descendants(driver.pid)
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    got["driver_pid"] = driver.pid
+    got["finished_before_kill"] = {p.parent.name for p in (out / "tune" / retried).glob("*/result.json")
+                                   if text(p).strip()}
+    # Ray's two agents first try to report the raylet's death to the (dead) GCS and give up after about a minute;
+    # everything else (GCS, raylet, the workers holding memory) goes at once.
+    core = [p for p, cmd in got["ray_processes"].items() if "Agent" not in cmd]
+    deadline = time.monotonic() + 15
+    while alive(core) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    got["lingering"] = alive(core)
+
+    # What a kill in the middle of a Parquet write leaves behind.
+    got["leftovers"] = [out / "cells" / f"{TMP_MARK}{retried}.parquet.x1",
+                        out / "trials" / f"{TMP_MARK}trials.parquet.x2"]
+    for path in got["leftovers"]:
+        path.write_bytes(b"half a parquet file")
+
+    got["resumed"] = sdm(*args, "--resume", cwd=work)
+    deadline = time.monotonic() + 150
+    while alive(got["ray_processes"]) and time.monotonic() < deadline:
+        time.sleep(1)
+    return got
 
 
-def test_injected_faults_fail_exactly_the_chosen_trials_with_their_error(faulty_then_clean):
+def test_injected_faults_fail_exactly_the_chosen_trials_with_their_error(scenario):
     faults = FaultInjection(**FAULTS)
-    trials = faulty_then_clean["after_faults"]["trials"]
     kinds = Counter()
-    for row in trials:
+    for row in scenario["after_faults"]["trials"]:
         fault = injected_fault(faults, row["trial_seed"])
         kinds[fault] += 1
         if fault is None:
             assert row["status"] in ("ok", "stopped"), row
             continue
         assert row["status"] == "error" and row["val_accuracy"] is None and row["test_accuracy"] is None, row
-        expected = {"exception": "InjectedFault: injected exception", "nan": "reported val_accuracy nan",
-                    "crash": "ActorDiedError"}[fault]
-        assert expected in row["error"], row["error"]
+        expected = {"exception": "InjectedFault: injected exception", "nan": "InvalidOutcome: attack 'finetune' "
+                    "reported val_accuracy nan", "crash": "ActorDiedError: "}[fault]
+        assert row["error"].startswith(expected), row["error"]
     # The fault pattern is a deterministic function of the trial seeds; this config must exercise every kind.
     assert {"exception", "nan", "crash", None} <= set(kinds), kinds
 
 
-def test_failed_trials_are_retried_before_they_are_recorded(faulty_then_clean):
+def test_failed_trials_are_retried_before_they_are_recorded(scenario):
     """Each attempt of an `exception` trial is logged by the worker with its seed: max_failures=1 means two."""
     faults = FaultInjection(**FAULTS)
-    stderr = faulty_then_clean["faulty"].stderr
-    failing = [r for r in faulty_then_clean["after_faults"]["trials"]
-               if injected_fault(faults, r["trial_seed"]) == "exception"]
+    failing = [r for r in scenario["after_faults"]["trials"] if injected_fault(faults, r["trial_seed"]) == "exception"]
     assert failing
     for row in failing:
-        attempts = stderr.count(f"injecting a fault (exception) into the trial with seed {row['trial_seed']}")
+        attempts = scenario["faulty"].stderr.count(
+            f"injecting a fault (exception) into the trial with seed {row['trial_seed']}"
+        )
         assert attempts == 2, (row["trial_seed"], attempts)
 
 
-def test_cells_without_a_result_are_failed_never_aggregated_and_exit_1(faulty_then_clean):
-    faulty, cells = faulty_then_clean["faulty"], faulty_then_clean["after_faults"]["cells"]
-    failed = sorted(c["cell_id"] for c in cells if c["status"] == "failed")
-    assert failed, "the fault pattern must fail at least one cell"
+def test_cells_without_a_result_are_failed_never_aggregated_and_exit_1(scenario):
+    faulty, cells, retried = scenario["faulty"], scenario["after_faults"]["cells"], scenario["retried"]
     assert faulty.returncode == 1, faulty.stderr[-3000:]
-    last = faulty.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"error: {len(failed)} cell(s) failed: ") and all(c in last for c in failed), last
-    for cell in cells:
-        if cell["status"] == "failed":
-            assert cell["test_accuracy"] is None
-    # One seed per budget: a budget whose cell failed has no result in the leaderboard, only its failure.
-    board = [r for r in faulty_then_clean["after_faults"]["leaderboard"] if r["attack"] == "finetune"]
-    failed_budgets = {c["budget"] for c in cells if c["status"] == "failed"}
+    assert faulty.stderr.strip().splitlines()[-1].startswith(f"error: 1 cell(s) failed: {retried} ")
+    failed = next(c for c in cells if c["cell_id"] == retried)
+    assert failed["test_accuracy"] is None
+    # One seed per budget: the failed cell's budget has no result in the leaderboard, only its failure.
+    board = [r for r in scenario["after_faults"]["leaderboard"] if r["attack"] == "finetune"]
     assert {r["budget"] for r in board} == {30, 60}
     for row in board:
-        if row["budget"] in failed_budgets:
+        if row["budget"] == failed["budget"]:
             assert row["status"] == "failed" and row["test_accuracy_mean"] is None and row["n_failed_cells"] == 1
         else:
             assert row["status"] == "ok" and row["test_accuracy_mean"] is not None and row["n_failed_cells"] == 0
 
 
-def test_a_later_run_retries_failed_cells_only_and_replaces_their_rows(faulty_then_clean):
-    clean, out = faulty_then_clean["clean"], faulty_then_clean["out"]
-    before = faulty_then_clean["after_faults"]
-    assert clean.returncode == 0, clean.stderr[-3000:]
-    cells = read_cells(out).to_pylist()
-    assert {c["status"] for c in cells} == {"ok"} and len(cells) == len(before["cells"])
-    for old in before["cells"]:
-        unchanged = digest(out / "cells" / f"{old['cell_id']}.parquet") == before["files"][f"{old['cell_id']}.parquet"]
-        assert unchanged == (old["status"] == "ok"), old["cell_id"]
+def test_the_next_run_plans_to_retry_the_failed_cell_only(scenario):
+    plan = scenario["plan"]
+    assert plan.failed == {scenario["retried"]} and plan.finished == set(CELLS) - plan.failed
+    assert [c.cell_id for c in plan.todo] == [scenario["retried"]]
+
+
+def test_a_second_driver_is_refused_naming_the_lock_holder(scenario):
+    second, pid = scenario["second"], scenario["driver_pid"]
+    assert second.returncode == 2, second.stderr
+    line = second.stderr.strip()
+    assert "\n" not in line and "another sdm run is using it" in line and f"pid {pid} on host" in line, line
+
+
+def test_a_killed_driver_leaves_no_ray_processes(scenario):
+    processes = scenario["ray_processes"]
+    assert any("gcs_server" in c for c in processes.values()) and any("raylet" in c for c in processes.values())
+    assert any("ray::" in c and "Agent" not in c for c in processes.values())  # workers
+    assert scenario["lingering"] == set(), {p: processes[p] for p in scenario["lingering"]}
+    assert alive(processes) == set()
+
+
+def test_resume_takes_over_the_dead_drivers_lock_and_completes(scenario):
+    resumed, pid = scenario["resumed"], scenario["driver_pid"]
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"taking over the lock of a run that stopped without releasing it: pid {pid}" in resumed.stderr
+    assert "1 cells run, 1 already finished" in resumed.stderr
+    assert not (scenario["out"] / HOLDER_FILE).exists()
+    assert not (scenario["out"] / "tune").exists() or not any((scenario["out"] / "tune").iterdir())
+
+
+def test_resume_keeps_finished_cells_and_writes_every_cell_and_trial_once(scenario):
+    out, before, retried = scenario["out"], scenario["after_faults"], scenario["retried"]
+    kept = next(c for c in CELLS if c != retried)
+    # The cell finished before the kill is not recomputed: its files are byte for byte what the first run wrote.
+    assert digest(out / "cells" / f"{kept}.parquet") == before["files"][f"{kept}.parquet"]
     trials = read_trials(out).to_pylist()
+    assert sorted(trial_key(r) for r in trials if r["cell_id"] == kept) == sorted(
+        trial_key(r) for r in before["trials"] if r["cell_id"] == kept
+    )
+    cells = read_cells(out).to_pylist()
+    assert sorted(c["cell_id"] for c in cells) == CELLS and {c["status"] for c in cells} == {"ok"}
+    assert pq.read_table(out / "cells.parquet").num_rows == 2
     keys = [trial_key(r) for r in trials]
-    assert len(keys) == len(set(keys))
-    retried = {c["cell_id"] for c in before["cells"] if c["status"] == "failed"}
-    assert not any(r["status"] == "error" for r in trials if r["cell_id"] in retried)
-    kept = [r for r in before["trials"] if r["cell_id"] not in retried]
-    assert sorted(map(trial_key, kept)) == sorted(trial_key(r) for r in trials if r["cell_id"] not in retried)
+    assert len(keys) == len(set(keys)), [k for k, n in Counter(keys).items() if n > 1]
+    for cell in cells:
+        rows = [r for r in trials if r["cell_id"] == cell["cell_id"]]
+        search = [r for r in rows if r["phase"] == "search"]
+        assert 1 <= len(search) <= 4 and sum(r["phase"] == "rerun" for r in rows) == 2
+        assert cell["n_trials"] == len(search)
+        # No configuration was searched twice (a restarted trial of the restored search must not add a row).
+        assert len({r["hyperparameters"] for r in search}) == len(search)
+    # The failed cell's rows were replaced, not added to: none of its faulty rows is left.
+    assert not any(r["status"] == "error" for r in trials if r["cell_id"] == retried)
+    # Its interrupted search was restored, not started over: trials finished before the kill are kept.
+    retried_ids = {r["trial_id"] for r in trials if r["cell_id"] == retried and r["phase"] == "search"}
+    assert scenario["finished_before_kill"] and scenario["finished_before_kill"] <= retried_ids
 
 
-# -- a killed defense training ------------------------------------------------------------------------------------------
+def test_leftovers_of_an_interrupted_write_are_cleaned_up(scenario):
+    assert not any(path.exists() for path in scenario["leftovers"])
+    assert not list(scenario["out"].rglob(f"{TMP_MARK}*"))
+
+
+# -- a killed defense training -----------------------------------------------------------------------------------------
 MLAC = {"name": "mlac", "params": {"steps": 10, "inner_steps": 2, "batch_size": 8, "inner_batch_sizes": [8]}}
 
 
