@@ -25,12 +25,13 @@ def test_shipped_config_validates(path: Path) -> None:
 
 
 def local_bert_l2_h128(folder: Path) -> Path:
-    """A local stand-in for google/bert_uncased_L-2_H-128_A-2: its config and the uncased BERT vocabulary (the
-    embedded MiniLM ships the same 30,522-token vocabulary). A dry run reads the tokenizer, never the weights."""
-    from transformers import BertConfig
+    """A local stand-in for google/bert_uncased_L-2_H-128_A-2: its architecture with random weights, and the uncased
+    BERT vocabulary (the embedded MiniLM ships the same 30,522-token vocabulary)."""
+    from transformers import BertConfig, BertModel
 
     folder.mkdir(parents=True)
-    BertConfig(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512).save_pretrained(folder)
+    config = BertConfig(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512)
+    BertModel(config).save_pretrained(folder)  # safetensors: the only weights format sdm-bench loads
     embedded = Path(model_location(ModelConfig()))
     for name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json"):
         if (embedded / name).exists():
