@@ -123,11 +123,16 @@ class _Progress:
 
 
 def train_defense(
-    cfg: ExperimentConfig, spec: DefenseSpec, train: TokenizedSplit, data_fingerprint: str, seed: int
+    cfg: ExperimentConfig, spec: DefenseSpec, train: TokenizedSplit, data_fingerprint: str, seed: int,
+    cache: Path | None = None,
 ) -> DefendedWeights:
-    """Find the defended weights in the cache or train them now (in this process)."""
+    """Find the defended weights in the cache or train them now (in this process).
+
+    `cache`: the cache root the driver resolved; a Ray task on another node (or started with another environment)
+    must not pick its own.
+    """
     key = defense_key(cfg, spec, data_fingerprint, seed)
-    root = cache_root(cfg) / "defenses"
+    root = (cache or cache_root(cfg)) / "defenses"
     final = root / f"{spec.name}-{key}"
     root.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root / f".{spec.name}-{key}.lock")):

@@ -245,7 +245,7 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from harness.atomic import clean_leftovers, write_text_atomic
-    from harness.defend import load_defended, train_defense
+    from harness.defend import cache_root, load_defended, train_defense
     from harness.models import base_fingerprint, model_id
     from harness.plugins import CellData
     from harness.results import provenance, write_cell, write_cells_table
@@ -292,7 +292,7 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
                 resources = cfg.defense_training.resources
                 weights = ray.get(
                     train_remote.options(num_cpus=resources.cpu, num_gpus=resources.gpu).remote(
-                        cfg, spec, prepared.train, prepared.fingerprint, 0
+                        cfg, spec, prepared.train, prepared.fingerprint, 0, cache_root(cfg)
                     )
                 )
                 state = load_defended(weights)
