@@ -104,7 +104,7 @@ def experiment(opts: argparse.Namespace, grid: list[dict[str, Any]], out: Path) 
 
 # -- timing ------------------------------------------------------------------------------------------------------------
 class Clock:
-    """Start and end times of calls to wrapped functions, relative to the clock's start."""
+    """Start and end times of the first call to each wrapped function, relative to the clock's start."""
 
     def __init__(self) -> None:
         self.t0 = time.perf_counter()
@@ -122,18 +122,19 @@ class Clock:
             try:
                 return original(*args, **kwargs)
             finally:
-                self.calls[name] = (start, self.now())  # each is called once in a one-cell run
+                self.calls.setdefault(name, (start, self.now()))  # later calls of a cached function cost nothing
 
         setattr(owner, name, timed)
 
 
 # -- the sdm-bench side --------------------------------------------------------------------------------------------------
-# Consecutive phases of `sdm run` on one cell: each ends where the named call starts (">") or ends ("<").
+# Consecutive phases of `sdm run` on one cell, in `harness.runner.run_experiment`'s order: each ends where the
+# named call starts (">") or ends ("<").
 SDM_PHASES = [
     ("imports, config checks", "_prepare_data>"),
     ("data: load, tokenize", "_prepare_data<"),
-    ("Ray start, run files", "_start_ray<"),
-    ("base-model fingerprint", "base_fingerprint<"),
+    ("base model: load, fingerprint", "base_fingerprint<"),
+    ("engine imports, Ray start, run files", "_start_ray<"),
     ("worker pool start", "__init__<"),
     ("defense weights (0 steps, cache miss)", "load_defended<"),
     ("frozen features", "run_cell>"),
@@ -218,6 +219,8 @@ def run_trainer(opts: argparse.Namespace, grid: list[dict[str, Any]], workdir: P
     from harness.models import build_encoder, load_tokenizer
     from harness.runner import _prepare_data
 
+    if opts.trainer_threads:
+        torch.set_num_threads(opts.trainer_threads)
     cfg = ExperimentConfig.model_validate(experiment(opts, grid, workdir / "run"))
     task = cfg.tasks.harmful
     num_labels = cfg.data.labels[task]
@@ -314,6 +317,7 @@ def run_trainer(opts: argparse.Namespace, grid: list[dict[str, Any]], workdir: P
     for trial, index in zip(compute.trials, order, strict=True):
         trial["mode"] = grid[index]["mode"]
     return {"wall": end, "search_wall": end - search_start, "slots": 1, "extra_compute": 0.0,
+            "threads": torch.get_num_threads(),
             "trials": compute.trials, "phases": {"setup": search_start, "hyperparameter_search": end - search_start}}
 
 
@@ -362,6 +366,8 @@ def report(opts: argparse.Namespace, results: dict[str, dict[str, dict[str, Any]
     import transformers
     import ray
 
+    trainer_threads = next(iter(results.values()))["trainer"]["threads"]
+    label = {**LABELS, "trainer": f"Trainer + Optuna, {trainer_threads} thread{'s' * (trainer_threads > 1)}"}
     lines = ["| grid | side | trials | measure | wall s | trials / hour | compute s | slots | overhead | "
              "trials / hour vs Trainer |", "|---|---|---|---|---|---|---|---|---|---|"]
     for kind, sides in results.items():
@@ -371,7 +377,7 @@ def report(opts: argparse.Namespace, results: dict[str, dict[str, dict[str, Any]
             for side in ("sdm", "trainer"):
                 s = summaries[side]
                 wall, compute, overhead = s[measure]
-                lines.append(f"| {kind} | {LABELS[side]} | {s['n']} | {measure} | {wall:.0f} | "
+                lines.append(f"| {kind} | {label[side]} | {s['n']} | {measure} | {wall:.0f} | "
                              f"{3600 * s['n'] / wall:.0f} | {compute:.0f} | {sides[side]['slots']} | "
                              f"{overhead:.0%} | {s['n'] / wall / base:.2f}x |")
     lines += ["", "Compute per trial, mean seconds (trials); the first trial on each of a side's slots apart:", "",
@@ -383,7 +389,7 @@ def report(opts: argparse.Namespace, results: dict[str, dict[str, dict[str, Any]
             groups = [[t for t in rest if t["mode"] == mode] for mode in ("probe", "full")] + [first]
             cells = [f"{sum(t['compute'] for t in g) / len(g):.2f} ({len(g)})" if g else "-" for g in groups]
             cells[2] += " " + "/".join(t["mode"] for t in first)
-            lines.append(f"| {kind} | {LABELS[side]} | " + " | ".join(cells) + " |")
+            lines.append(f"| {kind} | {label[side]} | " + " | ".join(cells) + " |")
     lines += ["", "sdm-bench's phases (seconds):", "", "| phase | " + " | ".join(results) + " |",
               "|---|" + "---|" * len(results)]
     for phase, _ in SDM_PHASES:
@@ -393,14 +399,14 @@ def report(opts: argparse.Namespace, results: dict[str, dict[str, dict[str, Any]
     for kind, sides in results.items():
         for side, r in sides.items():
             before, after = (" ".join(f"{x:.2f}" for x in avg) for avg in r["load"])
-            lines.append(f"- {kind}, {LABELS[side]}: {before} / {after}")
+            lines.append(f"- {kind}, {label[side]}: {before} / {after}")
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
-    lines += ["", f"Machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} "
+    lines += ["", f"Machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} (default {torch.get_num_threads()} "
               f"threads), transformers {transformers.__version__}, ray {ray.__version__}, Python "
               f"{platform.python_version()}. Grid: {opts.trials} trials, steps {opts.steps}, budget {opts.budget}, "
               f"encoder layers {opts.layers}, max_length {opts.max_length}, validation rows {opts.val_size}; "
-              f"sdm-bench runs {opts.concurrent} trials at once (1 thread each), Trainer one (all threads)."]
+              f"sdm-bench runs {opts.concurrent} trials at once (1 thread each), Trainer one."]
     return "\n".join(lines)
 
 
@@ -419,6 +425,8 @@ def main() -> None:
     parser.add_argument("--val-size", type=int, default=150, help="validation rows")
     parser.add_argument("--test-size", type=int, default=300, help="test rows (sdm-bench's rerun only)")
     parser.add_argument("--concurrent", type=int, default=2, help="sdm-bench's trials at once (search.max_concurrent)")
+    parser.add_argument("--trainer-threads", type=int,
+                        help="torch threads of the Trainer side (default: torch's, one per core)")
     parser.add_argument("--keep", type=Path, help="keep each side's results, logs and run directory here")
     opts = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
