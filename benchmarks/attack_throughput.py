@@ -12,7 +12,7 @@ steps, batch size, mode probe | full; AdamW without weight decay, constant rate)
 - `trainer`: what a user would otherwise write: `Trainer(model_init=...)` and
   `trainer.hyperparameter_search(backend="optuna", hp_space=..., n_trials=N)`, with Optuna's `GridSampler` over the
   grid's indices so each configuration is trained once. A probe trial freezes the encoder, which still runs forward
-  at every step.
+  at every step. Trainer runs with torch's default threads (one per core) unless `--trainer-threads` says otherwise.
 
 Each side runs in its own process (imports included in its time), one after the other; with two grids (`mixed`:
 probe and full trials alternate, `full`: full fine-tuning only) the order alternates. Reported per side: wall time,
@@ -55,7 +55,7 @@ LOG10_LR = {"probe": (-3.0, -2.0), "full": (-5.0, -3.5)}
 EVAL_BATCH = 128  # harness.training.EVAL_BATCH: both sides evaluate in batches of this size
 
 
-# -- the grid and the one-cell config both sides share ---------------------------------------------------------------
+# -- the grid and the one-cell config both sides share -----------------------------------------------------------------
 def make_grid(n: int, kind: str, steps: list[int]) -> list[dict[str, Any]]:
     """`n` configurations drawn once with a fixed seed; `mixed` alternates probe and full, `full` is full only."""
     rng = random.Random(0)
@@ -127,7 +127,7 @@ class Clock:
         setattr(owner, name, timed)
 
 
-# -- the sdm-bench side --------------------------------------------------------------------------------------------------
+# -- the sdm-bench side ------------------------------------------------------------------------------------------------
 # Consecutive phases of `sdm run` on one cell, in `harness.runner.run_experiment`'s order: each ends where the
 # named call starts (">") or ends ("<").
 SDM_PHASES = [
@@ -205,7 +205,7 @@ def run_sdm(opts: argparse.Namespace, grid: list[dict[str, Any]], workdir: Path,
     }
 
 
-# -- the Trainer side ------------------------------------------------------------------------------------------------
+# -- the Trainer side --------------------------------------------------------------------------------------------------
 def run_trainer(opts: argparse.Namespace, grid: list[dict[str, Any]], workdir: Path, clock: Clock) -> dict[str, Any]:
     import numpy as np
     import optuna
@@ -321,8 +321,7 @@ def run_trainer(opts: argparse.Namespace, grid: list[dict[str, Any]], workdir: P
             "trials": compute.trials, "phases": {"setup": search_start, "hyperparameter_search": end - search_start}}
 
 
-
-# -- driver: one process per side, then the report ------------------------------------------------------------------
+# -- driver: one process per side, then the report ---------------------------------------------------------------------
 SIDES = {"sdm": run_sdm, "trainer": run_trainer}
 LABELS = {"sdm": "sdm-bench", "trainer": "Trainer + Optuna"}
 
@@ -402,10 +401,11 @@ def report(opts: argparse.Namespace, results: dict[str, dict[str, dict[str, Any]
             lines.append(f"- {kind}, {label[side]}: {before} / {after}")
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
-    lines += ["", f"Machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} (default {torch.get_num_threads()} "
-              f"threads), transformers {transformers.__version__}, ray {ray.__version__}, Python "
-              f"{platform.python_version()}. Grid: {opts.trials} trials, steps {opts.steps}, budget {opts.budget}, "
-              f"encoder layers {opts.layers}, max_length {opts.max_length}, validation rows {opts.val_size}; "
+    lines += ["", f"Machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} (default "
+              f"{torch.get_num_threads()} threads), transformers {transformers.__version__}, ray {ray.__version__}, "
+              f"Python {platform.python_version()}. Grid: {opts.trials} trials, steps {opts.steps}, "
+              f"budget {opts.budget}, encoder layers {opts.layers}, max_length {opts.max_length}, "
+              f"validation rows {opts.val_size}; "
               f"sdm-bench runs {opts.concurrent} trials at once (1 thread each), Trainer one."]
     return "\n".join(lines)
 
