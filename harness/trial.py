@@ -19,10 +19,12 @@ from typing import Any
 
 import ray
 from ray import tune
-from ray.exceptions import ActorDiedError, ActorUnavailableError
+from ray.exceptions import ActorDiedError, ActorUnavailableError, ActorUnschedulableError
 
 METRIC = "val_accuracy"
 FINAL = "final"  # set on a trial's last result only: a trial without it was cut short
+# A worker that died, or that can never start (its node is gone): the trial fails and the pool replaces the worker.
+WORKER_LOST = (ActorDiedError, ActorUnavailableError, ActorUnschedulableError)
 
 
 def config_json(config: dict[str, Any]) -> str:
@@ -53,7 +55,7 @@ def proxy_trial(config: dict[str, Any], holder: list, cell_seed: int, workers: A
             best = max(best, accuracy)  # fit keeps the best checkpoint: the trial is worth its best check so far
             tune.report({METRIC: best, "step": step, "trial_seed": seed, "node_id": node_id})
         result = ray.get(done)
-    except (ActorDiedError, ActorUnavailableError):
+    except WORKER_LOST:
         workers.put(replace_worker())  # e.g. killed for memory: the trial fails (and is retried), the pool heals
         raise
     if result.get("stopped"):

@@ -15,11 +15,11 @@ import time
 from typing import Any
 
 import ray
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayError
+from ray.exceptions import RayError
 from ray.util.queue import Queue
 
 from harness.config import FaultInjection, Resources
-from harness.trial import derive_seed
+from harness.trial import WORKER_LOST, derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -174,14 +174,16 @@ class _Spawner:
 
     def _placement(self) -> Any:
         """The next of the live nodes that have what a trial asks for (CPUs, or GPUs), in turn. Ray's SPREAD leaves
-        actors that reserve nothing, as a CPU worker does, on one node."""
+        actors that reserve nothing, as a CPU worker does, on one node. The affinity is hard: a soft one falls back to
+        the local node whenever the local scheduler has not yet heard of the target node, as happens on a busy
+        cluster; a node that dies before its worker starts makes the worker unschedulable, and the pool replaces it."""
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         wanted = "GPU" if self._options["num_gpus"] else "CPU"
         nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get(wanted, 0) > 0)
         if not nodes:
             return "SPREAD"
-        return NodeAffinitySchedulingStrategy(nodes[len(self._workers) % len(nodes)], soft=True)
+        return NodeAffinitySchedulingStrategy(nodes[len(self._workers) % len(nodes)], soft=False)
 
     def workers(self) -> list[Any]:
         return list(self._workers)
@@ -227,7 +229,7 @@ class WorkerPool:
             i, worker = running.pop(done)
             try:
                 outcomes[i] = ray.get(done)
-            except (ActorDiedError, ActorUnavailableError) as exc:
+            except WORKER_LOST as exc:
                 outcomes[i] = exc
                 worker = self._new()
             except RayError as exc:  # the attack raised: Ray wraps its exception
@@ -252,7 +254,7 @@ class WorkerPool:
         for worker in workers:
             try:
                 ran.update(ray.get(worker.steps_run.remote()))
-            except (ActorDiedError, ActorUnavailableError):
+            except WORKER_LOST:
                 pass  # a dead worker trains nothing
         return ran
 
