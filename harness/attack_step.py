@@ -1,12 +1,13 @@
 """The definition of one attack step, shared by the attack plugins and MLAC's simulated inner loop.
 
 An attack fine-tunes some of a model's parameters on harmful-task batches. What adapts (`adapt`), the optimizer and
-its learning-rate schedule are described by an `AttackSetting`; `optimizer_update` applies one update as a pure
-function of tensors, so the same code runs
+its learning-rate schedule are described by an `AttackSetting`, and the update has two implementations held to the
+same maths by tests/test_attack_step.py:
 
-* under `torch.no_grad()` in a real attack (the results are copied into the model's parameters), and
-* with autograd recording in MLAC's inner loop, where the outer loss is differentiated through K such updates
-  (a learned learning rate can be passed as a tensor).
+* `torch_optimizer`: the in-place torch optimizer a real attack runs (fused kernels: a full MiniLM update takes
+  20 ms on a 2-core CPU, against 470 ms for the pure-function form), and
+* `optimizer_update`: the same update as a pure function of tensors, for the inner loops of MLAC and its peers, where
+  the outer loss is differentiated through K such updates (a learned learning rate can be passed as a tensor).
 """
 
 from __future__ import annotations
@@ -87,6 +88,17 @@ def init_optimizer_state(params: Sequence[torch.Tensor], optimizer: OptimizerNam
     zeros = [torch.zeros_like(p, memory_format=torch.preserve_format).detach() for p in params]
     second = [] if optimizer == "sgd" else [torch.zeros_like(p).detach() for p in params]
     return OptimizerState(0, zeros, second)
+
+
+def torch_optimizer(params: Sequence[torch.Tensor], setting: AttackSetting) -> torch.optim.Optimizer:
+    """The torch optimizer that applies `setting`'s update in place; set its lr each step from `lr_at`."""
+    device_types = {p.device.type for p in params}
+    options = {"lr": setting.lr, "weight_decay": setting.weight_decay,
+               "fused": device_types <= {"cpu", "cuda"} and all(p.is_floating_point() for p in params)}
+    if setting.optimizer == "sgd":
+        return torch.optim.SGD(params, momentum=setting.momentum, **options)
+    adam = torch.optim.AdamW if setting.optimizer == "adamw" else torch.optim.Adam
+    return adam(params, betas=BETAS, eps=EPS, **options)
 
 
 def optimizer_update(

@@ -16,20 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import ray
-import torch
 from ray import tune
 from ray.tune import Stopper
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from harness.config import ExperimentConfig, ModelConfig, SearchConfig
+from harness.config import ExperimentConfig, SearchConfig
 from harness.errors import UserError
-from harness.plugins import Attack, CellData
+from harness.plugins import Attack
 from harness.space import Choice, Fixed, IntRange, to_tune
-from harness.training import Features
 from harness.trial import FINAL, METRIC, config_json, derive_seed, proxy_trial, trial_seed
-from harness.workers import WorkerPool
+from harness.workers import CellPayload, WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -46,19 +44,6 @@ class Cell:
     @property
     def cell_id(self) -> str:
         return f"{self.defense}__{self.attack}__{self.task}__b{self.budget}__s{self.seed}"
-
-
-@dataclass
-class CellPayload:
-    """Everything a trial needs, put in the object store once per cell: no trial reads weights or data from disk."""
-
-    model: ModelConfig
-    encoder_state: dict[str, torch.Tensor]
-    data: CellData
-    features: Features | None
-    attack: Attack
-    eval_every: int
-    cpus: float
 
 
 # -- driver side ----------------------------------------------------------------------------------------------------

@@ -14,10 +14,9 @@ import torch
 from harness.attack_step import (
     AttackSetting,
     adapted_parameter_names,
-    init_optimizer_state,
     lr_at,
-    optimizer_update,
     sample_batch,
+    torch_optimizer,
 )
 from harness.classifier import Classifier
 from harness.tokenized import TokenizedSplit
@@ -146,7 +145,7 @@ def fit(
             return probe_accuracy(model.head, features.val, val.labels[label])
         return accuracy(model, val, label)
 
-    state = init_optimizer_state(params, setting.optimizer)
+    optimizer = torch_optimizer(params, setting)
     history: list[tuple[int, float]] = []
     best_acc, best_step, best_weights, stale = -1.0, 0, None, 0
     steps_run = 0
@@ -155,11 +154,11 @@ def fit(
         value = float(loss.detach())
         if not math.isfinite(value):
             raise NonFiniteLoss(f"loss is {value} at step {step} (lr {setting.lr:g})")
-        grads = torch.autograd.grad(loss, params)
-        with torch.no_grad():
-            new, state = optimizer_update(params, grads, state, setting, setting.lr * lr_at(setting, step))
-            for p, q in zip(params, new):
-                p.copy_(q)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for group in optimizer.param_groups:
+            group["lr"] = setting.lr * lr_at(setting, step)
+        optimizer.step()
         steps_run = step + 1
         if on_step is not None:
             on_step(steps_run, value)

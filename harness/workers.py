@@ -12,13 +12,17 @@ import math
 import os
 import queue
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import ray
+import torch
 from ray.exceptions import RayError
 from ray.util.queue import Queue
 
-from harness.config import FaultInjection, Resources
+from harness.config import FaultInjection, ModelConfig, Resources
+from harness.plugins import Attack, AttackContext, CellData
+from harness.training import Features
 from harness.trial import WORKER_LOST, derive_seed
 
 log = logging.getLogger(__name__)
@@ -36,6 +40,22 @@ class TrialStopped(Exception):
     """Raised inside a search trial's training once the search has stopped the trial (ASHA, the plateau stop)."""
 
 
+@dataclass
+class CellPayload:
+    """Everything a trial needs, put in the object store once per cell: no trial reads weights or data from disk.
+
+    Defined here, beside the worker that caches it, so that unpickling it imports nothing a worker lacks (defined
+    with the search, it made each worker's first trial import Ray Tune and Optuna: seconds per worker)."""
+
+    model: ModelConfig
+    encoder_state: dict[str, torch.Tensor]
+    data: CellData
+    features: Features | None
+    attack: Attack
+    eval_every: int
+    cpus: float
+
+
 def injected_fault(faults: FaultInjection | None, seed: int) -> str | None:
     """The kind of fault the trial with this seed suffers, or None; the same on every attempt."""
     if faults is None or derive_seed("fault", seed) / 2**31 >= faults.fraction:
@@ -50,7 +70,7 @@ class AttackWorker:
     """Runs attack trials and reruns; caches the current cell's payload (weights, data, features)."""
 
     def __init__(self, cpus: float, faults: FaultInjection | None = None):
-        import torch
+        from transformers import BertModel  # noqa: F401  (imported now, while the driver still prepares the cell)
 
         torch.set_num_threads(max(1, int(cpus)))
         self._key: str | None = None
@@ -63,9 +83,6 @@ class AttackWorker:
         self._ran: dict[str, int] = {}  # search trials ended since `steps_run` was last asked -> their steps
 
     def run(self, holder: list, config: dict[str, Any], seed: int, score_test: bool) -> dict[str, Any]:
-        import torch
-
-        from harness.plugins import AttackContext
 
         started = time.perf_counter()
         fault = injected_fault(self._faults, seed)

@@ -11,13 +11,14 @@ from harness.attack_step import (
     init_optimizer_state,
     lr_at,
     optimizer_update,
+    torch_optimizer,
 )
 
 
-def _run_reference(opt_cls, setting: AttackSetting, steps: int, **kwargs):
+def _run_reference(make_optimizer, steps: int):
     torch.manual_seed(0)
     w = torch.randn(5, 3, requires_grad=True)
-    opt = opt_cls([w], lr=setting.lr, **kwargs)
+    opt = make_optimizer([w])
     targets = torch.randn(steps, 5, 3)
     for t in range(steps):
         opt.zero_grad()
@@ -51,9 +52,12 @@ def _run_ours(setting: AttackSetting, steps: int, targets: torch.Tensor) -> torc
     ],
 )
 def test_update_matches_torch_optimizers(setting, opt_cls, kwargs):
-    expected, targets = _run_reference(opt_cls, setting, 20, **kwargs)
+    expected, targets = _run_reference(lambda params: opt_cls(params, lr=setting.lr, **kwargs), 20)
     ours = _run_ours(setting, 20, targets)
     torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-5)
+    # and the torch optimizer real attacks build from the same setting applies that same update
+    attack, _ = _run_reference(lambda params: torch_optimizer(params, setting), 20)
+    torch.testing.assert_close(attack, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_update_is_differentiable_through_a_learned_lr():

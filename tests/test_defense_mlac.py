@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from defenses.adversarial import Adversarial, AdversarialParams, as_mlac
 from defenses.bert import Bert, BertParams
 from defenses.mlac import (
-    Batch,
     CensorTrainer,
     Mlac,
     MlacParams,
