@@ -557,7 +557,7 @@ def plot_role(tables: LeaderboardTables, role: str, threshold: float | None = No
     rows = [r for r in tables.leaderboard.to_pylist() if r["task_role"] == role and r["attack"] == WORST_CASE]
     if not rows:
         return None
-    fig = Figure(figsize=(6.4, 4.2), dpi=150, layout="constrained")
+    fig = Figure(figsize=(7.6, 4.2), dpi=150, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     colors = iter(["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22"])
@@ -584,7 +584,8 @@ def plot_role(tables: LeaderboardTables, role: str, threshold: float | None = No
         ax.set_xscale("log")
         ax.set_xticks(budgets, labels=[str(b) for b in budgets])
         ax.xaxis.set_minor_locator(NullLocator())
-        ax.legend(frameon=False, fontsize=8)
+        # Outside the axes: with many defenses a legend inside covers curves or the threshold line.
+        ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     else:
         ax.text(0.5, 0.5, "no successful cells", ha="center", va="center", transform=ax.transAxes, color="#57606a")
     who = "attacker's best over attacks" if role == "harmful" else "best attack"

@@ -39,7 +39,8 @@ def start(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subproces
                             text=True, env={**os.environ, **(env or {})})
 
 
-def wait_for(condition: Callable[[], bool], process: subprocess.Popen, what: str, timeout: float = 400) -> None:
+def wait_for(condition: Callable[[], bool], process: subprocess.Popen, what: str, timeout: float = 400,
+             poll: float = 0.2) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if process.poll() is not None:
@@ -48,7 +49,7 @@ def wait_for(condition: Callable[[], bool], process: subprocess.Popen, what: str
         if time.monotonic() > deadline:
             process.kill()
             raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
+        time.sleep(poll)
 
 
 def descendants(pid: int) -> dict[int, str]:
@@ -132,13 +133,26 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> dict:
     wait_for(lambda: (out / HOLDER_FILE).exists(), driver, "the run took the lock")
     got["second"] = sdm(*args, cwd=work)
 
+    def a_trial_finished() -> bool:
+        return any(text(p).strip() for p in (out / "tune" / retried).glob("*/result.json"))
+
     def saved_a_finished_trial() -> bool:
         return any("TERMINATED" in text(s) for s in (out / "tune" / retried).glob("experiment_state-*.json"))
 
+    # A search of tiny trials ends seconds after its first trial does, too soon to catch reliably. Freezing the attack
+    # workers once a trial has reported (a hung node) holds the driver there however fast this machine trains: no
+    # other trial or rerun can end, so the cell cannot be recorded and its search state stays until the kill.
+    wait_for(a_trial_finished, driver, "a trial of the retried cell's search finished", poll=0.05)
+    frozen = [p for p, cmd in descendants(driver.pid).items() if cmd.startswith("ray::AttackWorker")]
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    got["frozen"] = frozen
     wait_for(saved_a_finished_trial, driver, "the retried cell's search saved a finished trial")
     got["ray_processes"] = descendants(driver.pid)
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
+    for pid in alive(frozen):  # thawed, they notice their raylet is gone and exit like the rest
+        os.kill(pid, signal.SIGCONT)
     got["driver_pid"] = driver.pid
     got["finished_before_kill"] = {p.parent.name for p in (out / "tune" / retried).glob("*/result.json")
                                    if text(p).strip()}
@@ -225,6 +239,7 @@ def test_a_killed_driver_leaves_no_ray_processes(scenario):
     processes = scenario["ray_processes"]
     assert any("gcs_server" in c for c in processes.values()) and any("raylet" in c for c in processes.values())
     assert any("ray::" in c and "Agent" not in c for c in processes.values())  # workers
+    assert scenario["frozen"] and set(scenario["frozen"]) <= set(processes)  # the attack workers, thawed after
     assert scenario["lingering"] == set(), {p: processes[p] for p in scenario["lingering"]}
     assert alive(processes) == set()
 
