@@ -144,6 +144,31 @@ def leaderboard(
         typer.echo(f"{name}: {path}")
 
 
+@app.command()
+def compare(
+    published: Annotated[Path, typer.Argument(help="published cells: a run directory or a cells .parquet file")],
+    rerun: Annotated[Path, typer.Argument(help="the rerun's cells: a run directory or a cells .parquet file")],
+    out: Annotated[Optional[Path], typer.Option(help="also write the comparison as Markdown to this file")] = None,
+) -> None:
+    """Check a rerun against a published result: each group's rerun mean against the published 95% interval."""
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    from harness.atomic import write_text_atomic
+    from harness.compare import compare as compare_cells
+    from harness.compare import load_cells, render_markdown
+
+    if out is not None and not out.resolve().parent.is_dir():
+        raise UserError(f"--out '{out}': its folder does not exist")
+    result = compare_cells(load_cells(published), load_cells(rerun))
+    if not result.groups:
+        raise UserError(f"'{published}' and '{rerun}' have no leaderboard group in common")
+    text = render_markdown(result, str(published), str(rerun))
+    if out is not None:
+        write_text_atomic(out, text)
+    Console().print(Markdown(text))
+
+
 @data_app.command("inspect")
 def data_inspect(config: ConfigArg, set_: SetOpt = None) -> None:
     """Rows per split, label balance, pronouns left after scrubbing, sample texts."""
