@@ -308,7 +308,8 @@ def test_a_killed_sdm_defend_resumes_from_its_checkpoint_to_the_same_weights(
         found = list(pointer.glob("*/checkpoint.json"))
         return bool(found) and json.loads(found[0].read_text())["step"] >= 4
 
-    wait_for(checkpointed, driver, "a checkpoint at step 4")
+    # Polled often: a tiny model's training steps are milliseconds, and the kill must land before the last one.
+    wait_for(checkpointed, driver, "a checkpoint at step 4", poll=0.01)
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
     step = json.loads(next(pointer.glob("*/checkpoint.json")).read_text())["step"]
