@@ -66,13 +66,10 @@ def compare(published: pa.Table, rerun: pa.Table) -> Comparison:
         a, b = old[key], new[key]
         groups.append({
             **dict(zip(KEY, key)),
-            "task_role": a["task_role"],
             "published_mean": a["test_accuracy_mean"],
             "published_ci95": (a["ci95_low"], a["ci95_high"]),
-            "published_seeds": a["n_seeds"],
             "rerun_mean": b["test_accuracy_mean"],
             "rerun_ci95": (b["ci95_low"], b["ci95_high"]),
-            "rerun_seeds": b["n_seeds"],
             "difference": b["test_accuracy_mean"] - a["test_accuracy_mean"],
             "within": _inside(b["test_accuracy_mean"], a["ci95_low"], a["ci95_high"]),
         })
