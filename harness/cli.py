@@ -105,7 +105,7 @@ def plugins() -> None:
 @app.command()
 def defend(
     config: ConfigArg,
-    defense: Annotated[str, typer.Option(help="name of a defense in the config")],
+    defense: Annotated[str, typer.Option(help="name (or label) of a defense in the config")],
     set_: SetOpt = None,
 ) -> None:
     """Train (or find in the cache) one defense of a config and print the weights' path."""
@@ -115,7 +115,7 @@ def defend(
 
     cfg = _load(config, set_)
     validate_plugins(cfg, str(config))
-    specs = {d.name: d for d in cfg.defenses}
+    specs = {d.cell_name: d for d in cfg.defenses}
     if defense not in specs:
         raise UserError(f"{config}: no defense '{defense}' in this config{did_you_mean(defense, specs)}")
     prepared = _prepare_data(cfg)

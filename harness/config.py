@@ -17,6 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from harness.errors import UserError, did_you_mean
 
 
+# The defense every leaderboard gap is measured against: the encoder's architecture with no pretraining.
+REFERENCE_DEFENSE = "random-init"
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -85,14 +89,29 @@ class Tasks(Strict):
     )
 
 
-class DefenseSpec(Strict):
-    name: str
-    params: dict[str, Any] = Field(default_factory=dict)
+LABEL_DOC = (
+    "what this entry's cells and leaderboard rows are called (default: its name), so one plugin can appear twice "
+    "with other params, e.g. an ablation, or merge onto a run that already holds it"
+)
 
 
-class AttackSpec(Strict):
+class PluginSpec(Strict):
     name: str
+    # Letters and digits joined by single '-' or '.': a label goes into cell ids ('__'-joined) and folder names.
+    label: str | None = Field(None, pattern=r"^[A-Za-z0-9]+([.-][A-Za-z0-9]+)*$", description=LABEL_DOC)
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def cell_name(self) -> str:
+        """The name this entry's cells carry: its label, or the plugin's name."""
+        return self.label or self.name
+
+
+class DefenseSpec(PluginSpec):
+    """A defense entry: the plugin's name, an optional label, its params."""
+
+
+class AttackSpec(PluginSpec):
     space: dict[str, Any] = Field(default_factory=dict, description="search-space overrides, by dimension")
     budgets: list[int] | None = Field(
         None, min_length=1, description="run this attack only at these budgets (an expensive attack's subset)"
@@ -221,12 +240,15 @@ class ExperimentConfig(Strict):
                 f"data.validation_split and data.test_split are both '{self.data.test_split}': held-out selection "
                 "needs a validation split apart from the test split (search.selection: reference selects on test)"
             )
-        names = [d.name for d in self.defenses]
-        if len(set(names)) != len(names):
-            raise ValueError(f"defenses: a name appears twice in {names}")
-        names = [a.name for a in self.attacks]
-        if len(set(names)) != len(names):
-            raise ValueError(f"attacks: a name appears twice in {names}")
+        for spec in self.defenses:
+            if spec.cell_name == REFERENCE_DEFENSE and spec.name != REFERENCE_DEFENSE:
+                raise ValueError(f"defenses: label '{REFERENCE_DEFENSE}' is kept for the random-init defense, the "
+                                 f"leaderboard's reference (defense '{spec.name}' has it)")
+        for kind, specs in (("defenses", self.defenses), ("attacks", self.attacks)):
+            names = [spec.cell_name for spec in specs]
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:
+                raise ValueError(f"{kind}: '{twice[0]}' appears twice; give one of them another label")
         known = set(self.budgets) | set(self.desired_budgets or [])
         for attack in self.attacks:
             unknown = sorted(set(attack.budgets or []) - known)
@@ -248,6 +270,9 @@ class ExperimentConfig(Strict):
         """Hash of everything that defines the results (not where they are written, which cluster runs them, or
         faults injected on purpose)."""
         payload = self.model_dump(mode="json", exclude={"output": True, "cluster": True, "search": {"fault_injection"}})
+        # An unset label is left out, so configs written before labels existed keep their hash (and their runs resume).
+        for kind in ("defenses", "attacks"):
+            payload[kind] = [{k: v for k, v in spec.items() if not (k == "label" and v is None)} for spec in payload[kind]]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -53,7 +53,7 @@ def plan_cells(cfg: ExperimentConfig, run_dir: Path) -> Plan:
 
     roles = {"harmful": cfg.tasks.harmful, "desired": cfg.tasks.desired}
     cells = [
-        Cell(d.name, a.name, roles[role], role, budget, seed)
+        Cell(d.cell_name, a.cell_name, roles[role], role, budget, seed)
         for d in cfg.defenses
         for a in cfg.attacks
         for role in cfg.tasks.attacked
@@ -119,7 +119,9 @@ def validate_plugins(cfg: ExperimentConfig, origin: str) -> dict[str, Any]:
 
     for spec in cfg.defenses:
         make_defense(spec, origin)
-    attacks = {spec.name: ATTACKS.get(spec.name).from_spec(spec.params, spec.space, origin) for spec in cfg.attacks}
+    attacks = {
+        spec.cell_name: ATTACKS.get(spec.name).from_spec(spec.params, spec.space, origin) for spec in cfg.attacks
+    }
     check_search(cfg.search, attacks, origin)
     return attacks
 
@@ -277,7 +279,7 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
     )
     todo = plan.todo
     summary = RunSummary(run_dir, 0, len(plan.cells) - len(todo), [], 0.0)
-    defense_specs = {d.name: d for d in cfg.defenses}
+    defense_specs = {d.cell_name: d for d in cfg.defenses}
     train_remote = ray.remote(train_defense)
     pool = WorkerPool(cfg.search.max_concurrent, cfg.search.resources_per_trial, cfg.search.fault_injection)
     try:

@@ -67,6 +67,29 @@ def test_rerun_skips_finished_cells(smoke_run):
     assert read_trials(out).num_rows == before
 
 
+def test_a_labelled_entry_runs_beside_its_plugin_and_merges_onto_one_leaderboard(smoke_run, tmp_path: Path):
+    """An ablation: bert again with other params under its own label, in a run of its own, merged with the first."""
+    out, _ = smoke_run
+    ablation = tmp_path / "ablation"
+    result = sdm("run", str(SMOKE), "--out", str(ablation), "--set",
+                 "defenses=[{name: bert, label: bert-long, params: {steps: 40, lr: 1.0e-3, batch_size: 16}}]",
+                 "--set", "attacks=[{name: finetune, label: finetune-short, space: {steps: {type: fixed, value: 5}}}]",
+                 "--set", "tasks.attacked=[harmful]", "--set", "budgets=[30]", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    cells = read_cells(ablation).to_pylist()
+    assert [(c["defense"], c["attack"], c["status"]) for c in cells] == [("bert-long", "finetune-short", "ok")]
+    assert cells[0]["cell_id"].startswith("bert-long__finetune-short__gender__b30")
+    # its own weights: the label names the cells, the params decide what trains
+    bert = {c["defense_fingerprint"] for c in read_cells(out).to_pylist() if c["defense"] == "bert"}
+    assert cells[0]["defense_fingerprint"] not in bert
+    board = tmp_path / "board"
+    merged = sdm("leaderboard", str(out), str(ablation), "--out", str(board), cwd=tmp_path)
+    assert merged.returncode == 0, merged.stderr[-2000:]
+    summary = {r["defense"]: r for r in pq.read_table(board / "summary.parquet").to_pylist()}
+    assert {"random-init", "bert", "bert-long"} <= set(summary)
+    assert summary["bert-long"]["harmful_gap"] is not None  # paired with the first run's random-init at 30
+
+
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path):
     result = sdm("run", str(SMOKE), "--out", str(tmp_path / "dry"), "--dry-run", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -84,6 +107,9 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path):
         ("attacks.0.space.stepz=3", "no search dimension 'stepz' (did you mean 'steps'?)"),
         ("budgets=[0]", "budget 0 must be a positive"),
         ("budgets=[100000]", "100000"),
+        ("defenses.1.name=random-init", "defenses: 'random-init' appears twice; give one of them another label"),
+        ("defenses.1.label=random-init", "label 'random-init' is kept for the random-init defense"),
+        ("defenses.1.label=bert/2", "defenses.1.label"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path: Path, override: str, message: str):
