@@ -65,18 +65,21 @@ def test_paper_config_dry_run_plans_the_full_protocol(tmp_path: Path) -> None:
     assert json.loads(json.dumps(cfg.attacks[0].params)) == {"preset": "paper"}
 
 
-@pytest.mark.parametrize("config, cells_file", [("reproduce.yaml", "cells.parquet"),
-                                                 ("reproduce-peers.yaml", "cells-peers.parquet")])
+@pytest.mark.parametrize("config, cells_file", [
+    ("reproduce.yaml", "reproduce/cells.parquet"),
+    ("reproduce-peers.yaml", "reproduce/cells-peers.parquet"),
+    ("reproduce-mlac-mixed.yaml", "reproduce-diagnostics/cells-mlac-mixed.parquet"),
+])
 def test_published_reproduction_is_a_complete_run_of_the_shipped_config(config: str, cells_file: str,
                                                                         tmp_path: Path) -> None:
-    """results/reproduce/ must come from the shipped configs as they are now, every cell, none failed: changing a
+    """results/reproduce*/ must come from the shipped configs as they are now, every cell, none failed: changing a
     config without republishing fails here."""
     import pyarrow.parquet as pq
 
     from harness.runner import plan_cells
 
     cfg = load_config(ROOT / "configs" / config)
-    cells = pq.read_table(ROOT / "results" / "reproduce" / cells_file).to_pylist()
+    cells = pq.read_table(ROOT / "results" / cells_file).to_pylist()
     assert {c["config_hash"] for c in cells} == {cfg.content_hash()}
     assert all(c["status"] == "ok" and c["n_reruns"] == cfg.search.reruns for c in cells)
     planned = plan_cells(cfg, tmp_path / "empty").cells
