@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator,
+)
 
 from harness.errors import UserError, did_you_mean
 
@@ -89,17 +91,23 @@ class Tasks(Strict):
     )
 
 
-LABEL_DOC = (
-    "what this entry's cells and leaderboard rows are called (default: its name), so one plugin can appear twice "
-    "with other params, e.g. an ablation, or merge onto a run that already holds it"
-)
-
-
 class PluginSpec(Strict):
     name: str
     # Letters and digits joined by single '-' or '.': a label goes into cell ids ('__'-joined) and folder names.
-    label: str | None = Field(None, pattern=r"^[A-Za-z0-9]+([.-][A-Za-z0-9]+)*$", description=LABEL_DOC)
+    label: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9]+([.-][A-Za-z0-9]+)*$",
+        description="what this entry's cells and leaderboard rows are called (default: its name), so one plugin can "
+        "appear twice with other params, e.g. an ablation, or merge onto a run that already holds it",
+    )
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_label(self, handler: Any) -> dict[str, Any]:
+        # An unset label is left out, so configs written before labels existed keep their hash (and their runs resume).
+        data = handler(self)
+        if data.get("label", "") is None:
+            del data["label"]
+        return data
 
     @property
     def cell_name(self) -> str:
@@ -270,9 +278,6 @@ class ExperimentConfig(Strict):
         """Hash of everything that defines the results (not where they are written, which cluster runs them, or
         faults injected on purpose)."""
         payload = self.model_dump(mode="json", exclude={"output": True, "cluster": True, "search": {"fault_injection"}})
-        # An unset label is left out, so configs written before labels existed keep their hash (and their runs resume).
-        for kind in ("defenses", "attacks"):
-            payload[kind] = [{k: v for k, v in spec.items() if not (k == "label" and v is None)} for spec in payload[kind]]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
