@@ -71,6 +71,8 @@ def test_paper_config_dry_run_plans_the_full_protocol(tmp_path: Path) -> None:
     ("reproduce-mlac-mixed.yaml", "reproduce-diagnostics/cells-mlac-mixed.parquet"),
     ("reproduce-strong-finetune.yaml", "reproduce-diagnostics/cells-strong-finetune.parquet"),
     ("reproduce-mlac-k16.yaml", "reproduce-diagnostics/cells-mlac-k16.parquet"),
+    ("reproduce-mlac-k16-240.yaml", "reproduce-diagnostics/cells-mlac-k16-240.parquet"),
+    ("reproduce-strong-finetune-more.yaml", "reproduce-diagnostics/cells-strong-finetune-more.parquet"),
 ])
 def test_published_reproduction_is_a_complete_run_of_the_shipped_config(config: str, cells_file: str,
                                                                         tmp_path: Path) -> None:
