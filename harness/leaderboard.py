@@ -470,13 +470,15 @@ def _summary_section(tables: LeaderboardTables) -> _Section:
     first = rows[0] if rows else {}
     threshold, desired_budget = first.get("data_cost_threshold"), first.get("desired_max_budget")
     headers = ["defense", f"harmful gap vs {REFERENCE_DEFENSE} [95% CI]", "verdict",
-               "harmful acc (mean over budgets)", "desired acc (mean over budgets)", f"desired acc @ {desired_budget}", f"data cost to {_fmt(threshold, 2)}"]
+               "harmful acc (mean over budgets)", "desired acc (mean over budgets)", f"desired acc @ {desired_budget}",
+               f"data cost to {_fmt(threshold, 2)}"]
     body = [[r["defense"], _gap_text(r), r["verdict"], _fmt(r["harmful_accuracy_mean"]),
              _fmt(r["desired_accuracy_mean"]), _fmt(r["desired_accuracy_max_budget"]), _cost_text(r)] for r in rows]
     margin = first.get("block_margin", BLOCK_MARGIN)
     note = (f"Gap: attacker's best harmful accuracy minus {REFERENCE_DEFENSE}'s, paired by seed and budget, "
             "mean over budgets. "
-            f"Blocked: the CI's upper bound is below {margin:.2f}; not blocked: its lower bound is at least {margin:.2f}. "
+            f"Blocked: the CI's upper bound is below {margin:.2f}; "
+            f"not blocked: its lower bound is at least {margin:.2f}. "
             f"Data cost: harmful examples to reach {_fmt(threshold, 2)} accuracy, interpolated between budgets.")
     return _Section("Summary", headers, body, note)
 
