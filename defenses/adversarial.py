@@ -2,15 +2,26 @@
 
 A persistent harmful head learns to predict the harmful label from the encoder's features while the encoder (with the
 desired head) minimises the desired-task loss plus `harmful_weight` times the censoring loss of that head's output.
-It runs the very same outer step as `mlac` (`defenses.mlac.train_censoring` with `inner_steps=0` and
-`harmful_head="learned"`), so the two cannot drift apart.
+It runs the very same outer step as `mlac` (`defenses.mlac.train_censoring` with `inner_steps=0`), so the two cannot
+drift apart.
+
+`harmful_head: reset` is the reference code's baseline instead: its adversarial head is never used, a freshly drawn
+random head is censored at every step (`GoodBadBERT.with_linear_reset` ignores the head it is given), so no trained
+adversary ever looks at the features. It is there to reproduce the paper's adversarial row, not as a defense.
 """
 
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 
-from defenses.mlac import CensorParams, MlacParams, train_censoring
+from defenses.mlac import (
+    UNTRAINED_HEAD_OK,
+    CensorParams,
+    HeadMode,
+    MlacParams,
+    train_censoring,
+)
 from harness.plugins import Defense, DefenseContext
 from harness.registry import register_defense
 
@@ -18,9 +29,15 @@ from harness.registry import register_defense
 class AdversarialParams(CensorParams):
     """The outer optimisation and the censoring loss (see `defenses.mlac.CensorParams`); nothing adapts in between."""
 
+    harmful_head: HeadMode = Field(
+        "learned",
+        description="learned: a persistent head trained to predict harm (the adversary); reset: a fresh random head "
+        "every step, as in the reference code, which never trains its adversarial head",
+    )
+
 
 def as_mlac(p: AdversarialParams) -> MlacParams:
-    return MlacParams(**p.model_dump(), inner_steps=0, harmful_head="learned")
+    return MlacParams.model_validate({**p.model_dump(), "inner_steps": 0}, context={UNTRAINED_HEAD_OK: True})
 
 
 @register_defense("adversarial")

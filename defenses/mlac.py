@@ -47,7 +47,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
 from harness.attack_step import (
     Adapt,
@@ -83,6 +83,9 @@ Censor = Literal["entropy", "neg_ce", "probe"]
 HeadMode = Literal["reset", "learned"]
 
 WORD_EMBEDDINGS = "encoder.embeddings.word_embeddings.weight"
+# Validation context key: the adversarial defense's `harmful_head: reset` (the reference code's baseline) asks for
+# K=0 with an untrained head on purpose; a plain mlac config asking for it is a mistake and gets an error.
+UNTRAINED_HEAD_OK = "untrained_head_ok"
 _PAD_ID = 0  # BERT's padding id: TokenizedSplit pads with it and the embedding's padding_idx is it
 
 
@@ -122,14 +125,15 @@ class MlacParams(CensorParams):
     harmful_head: HeadMode = Field("reset", description="reset: fresh head every outer step; learned: persistent head")
 
     @model_validator(mode="after")
-    def _consistent(self) -> "MlacParams":
+    def _consistent(self, info: ValidationInfo) -> "MlacParams":
         for name in ("inner_lr_bounds", "inner_lr_range"):
             low, high = getattr(self, name)
             if not 0 < low <= high:
                 raise ValueError(f"{name} must satisfy 0 < low <= high, got ({low}, {high})")
         if any(b < 1 for b in self.inner_batch_sizes):
             raise ValueError(f"inner_batch_sizes must be positive, got {self.inner_batch_sizes}")
-        if self.inner_steps == 0 and self.harmful_head == "reset" and self.censor != "probe":
+        untrained_head_ok = bool(info.context and info.context.get(UNTRAINED_HEAD_OK))
+        if self.inner_steps == 0 and self.harmful_head == "reset" and self.censor != "probe" and not untrained_head_ok:
             raise ValueError(
                 "inner_steps=0 with harmful_head='reset' censors a random head nobody trained; "
                 "use harmful_head='learned' (that is the adversarial defense) or censor='probe'"

@@ -73,6 +73,9 @@ def test_paper_config_dry_run_plans_the_full_protocol(tmp_path: Path) -> None:
     ("reproduce-mlac-k16.yaml", "reproduce-diagnostics/cells-mlac-k16.parquet"),
     ("reproduce-mlac-k16-240.yaml", "reproduce-diagnostics/cells-mlac-k16-240.parquet"),
     ("reproduce-strong-finetune-more.yaml", "reproduce-diagnostics/cells-strong-finetune-more.parquet"),
+    ("reproduce-adversarial-reset.yaml", "reproduce-diagnostics/cells-adversarial-reset.parquet"),
+    ("reproduce-bert-matched.yaml", "reproduce-diagnostics/cells-bert-matched.parquet"),
+    ("reproduce-bert-matched-long.yaml", "reproduce-diagnostics/cells-bert-matched-long.parquet"),
 ])
 def test_published_reproduction_is_a_complete_run_of_the_shipped_config(config: str, cells_file: str,
                                                                         tmp_path: Path) -> None:

@@ -200,6 +200,21 @@ def test_adversarial_is_mlac_with_k0(splits, tmp_path):
                            build_encoder(CFG).state_dict()["encoder.layer.0.output.dense.weight"])
 
 
+def test_adversarial_reset_head_is_the_reference_baseline(splits, tmp_path):
+    """`harmful_head: reset` censors a fresh random head each step (the reference code's baseline): allowed through
+    the adversarial defense only, and a different training from the learned-head adversary."""
+    raw = {"steps": 3, "lr": 1e-3, "batch_size": 16, "censor": "neg_ce"}
+    p = as_mlac(AdversarialParams(**raw, harmful_head="reset"))
+    assert (p.inner_steps, p.harmful_head, p.censor) == (0, "reset", "neg_ce")
+    with pytest.raises(ValueError, match="random head"):
+        MlacParams(**raw, inner_steps=0, harmful_head="reset")
+    reset = Adversarial(AdversarialParams(**raw, harmful_head="reset")).train(context(splits["defense"], tmp_path / "a"))
+    learned = Adversarial(AdversarialParams(**raw)).train(context(splits["defense"], tmp_path / "b"))
+    name = "encoder.layer.0.output.dense.weight"
+    assert not torch.equal(reset[name], build_encoder(CFG).state_dict()[name])
+    assert not torch.equal(reset[name], learned[name])
+
+
 def test_k0_step_is_plain_adversarial_censoring(splits, tmp_path):
     """An independent AC step written with ordinary modules gives the same weights as the MLAC step at K=0."""
     p = as_mlac(AdversarialParams(steps=3, lr=1e-3, batch_size=16, harmful_weight=2.0, head_lr=1e-2))
