@@ -551,6 +551,27 @@ def render_html(tables: LeaderboardTables, plots: dict[str, bytes]) -> str:
     )
 
 
+# matplotlib's tab10 without its gray (the reference's), then tab20's light companions: 18 distinct colors, so a
+# diagnostics leaderboard with a dozen defenses still tells its curves apart. Beyond 18 they repeat.
+_DEFENSE_COLORS = (
+    "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
+    "#aec7e8", "#ff9896", "#98df8a", "#c5b0d5", "#ffbb78", "#c49c94", "#f7b6d2", "#9edae5", "#dbdb8d",
+)
+_REFERENCE_COLOR = "#555555"
+
+
+def defense_colors(defenses: Iterable[str]) -> dict[str, str]:
+    """A plot color per defense, in order of appearance; the reference defense is always gray."""
+    colors, others = {}, 0
+    for defense in dict.fromkeys(defenses):
+        if defense == REFERENCE_DEFENSE:
+            colors[defense] = _REFERENCE_COLOR
+        else:
+            colors[defense] = _DEFENSE_COLORS[others % len(_DEFENSE_COLORS)]
+            others += 1
+    return colors
+
+
 def plot_role(tables: LeaderboardTables, role: str, threshold: float | None = None) -> bytes | None:
     """PNG of worst-case test accuracy vs budget for one task role (None when the runs did not attack it)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -563,7 +584,7 @@ def plot_role(tables: LeaderboardTables, role: str, threshold: float | None = No
     fig = Figure(figsize=(7.6, 4.2), dpi=150, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    colors = iter(["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22"])
+    colors = defense_colors(r["defense"] for r in rows)
     drawn = False
     for defense in dict.fromkeys(r["defense"] for r in rows):
         ok = sorted((r for r in rows if r["defense"] == defense and r["status"] == "ok"), key=lambda r: r["budget"])
@@ -575,7 +596,7 @@ def plot_role(tables: LeaderboardTables, role: str, threshold: float | None = No
         low = np.array([r["ci95_low"] if r["ci95_low"] is not None else np.nan for r in ok], dtype=float)
         high = np.array([r["ci95_high"] if r["ci95_high"] is not None else np.nan for r in ok], dtype=float)
         reference = defense == REFERENCE_DEFENSE
-        color = "#555555" if reference else next(colors, "#333333")
+        color = colors[defense]
         ax.plot(x, mean, marker="o", markersize=4, linewidth=1.8, color=color, linestyle="--" if reference else "-",
                 label=defense)
         ax.fill_between(x, low, high, color=color, alpha=0.18, linewidth=0)

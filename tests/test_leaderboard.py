@@ -20,6 +20,7 @@ from harness.leaderboard import (
     aggregate,
     build_leaderboard,
     data_cost,
+    defense_colors,
     merge_runs,
     render_terminal,
 )
@@ -282,6 +283,13 @@ def test_markdown_html_and_plots(tmp_path: Path):
         assert f"data:image/png;base64,{base64.b64encode(png).decode()}" in page
     assert "<style>" in page and "Provenance" in page and "abc123" in page and "run-a" in page
     assert 'src="http' not in page and "<link" not in page  # self-contained
+
+
+def test_every_defense_of_a_large_board_gets_its_own_color():
+    names = [f"defense-{i}" for i in range(12)]
+    colors = defense_colors(["random-init", *names, "defense-0"])
+    assert len({colors[n] for n in names}) == 12 and colors["random-init"] not in {colors[n] for n in names}
+    assert list(colors) == ["random-init", *names]
 
 
 def test_a_role_not_attacked_gets_no_plot(tmp_path: Path):
