@@ -584,9 +584,8 @@ def plot_role(tables: LeaderboardTables, role: str, threshold: float | None = No
     fig = Figure(figsize=(7.6, 4.2), dpi=150, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    colors = defense_colors(r["defense"] for r in rows)
     drawn = False
-    for defense in dict.fromkeys(r["defense"] for r in rows):
+    for defense, color in defense_colors(r["defense"] for r in rows).items():
         ok = sorted((r for r in rows if r["defense"] == defense and r["status"] == "ok"), key=lambda r: r["budget"])
         if not ok:
             continue
@@ -596,7 +595,6 @@ def plot_role(tables: LeaderboardTables, role: str, threshold: float | None = No
         low = np.array([r["ci95_low"] if r["ci95_low"] is not None else np.nan for r in ok], dtype=float)
         high = np.array([r["ci95_high"] if r["ci95_high"] is not None else np.nan for r in ok], dtype=float)
         reference = defense == REFERENCE_DEFENSE
-        color = colors[defense]
         ax.plot(x, mean, marker="o", markersize=4, linewidth=1.8, color=color, linestyle="--" if reference else "-",
                 label=defense)
         ax.fill_between(x, low, high, color=color, alpha=0.18, linewidth=0)
