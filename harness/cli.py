@@ -140,6 +140,8 @@ def leaderboard(
 
     files = build_leaderboard(run_dirs, out, threshold=DATA_COST_THRESHOLD if threshold is None else threshold)
     Console().print(render_terminal(files))
+    for caution in files.cautions:
+        typer.echo(f"caution: {caution}", err=True)
     for name, path in files.paths().items():
         typer.echo(f"{name}: {path}")
 

@@ -121,6 +121,7 @@ class LeaderboardTables:
     summary: pa.Table
     runs: tuple[str, ...] = ()
     provenance: dict[str, str] = field(default_factory=dict)
+    cautions: tuple[str, ...] = ()  # what a reader must know before trusting a row, e.g. mixed defense weights
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,7 @@ class LeaderboardFiles:
     markdown: Path
     html: Path
     plots: dict[str, Path]  # task role -> PNG
+    cautions: tuple[str, ...] = ()
 
     def read(self) -> LeaderboardTables:
         return LeaderboardTables(pq.read_table(self.leaderboard), pq.read_table(self.summary))
@@ -353,7 +355,26 @@ def aggregate(
         name: _joined(rows, name) or "" for name in ("experiment", *PROVENANCE_SUMMARY, "schema_version",
                                                      "torch_version", "ray_version", "hardware")
     }
-    return LeaderboardTables(leaderboard, summary, provenance=provenance)
+    return LeaderboardTables(leaderboard, summary, provenance=provenance, cautions=mixed_weights_cautions(rows))
+
+
+def mixed_weights_cautions(rows: list[dict]) -> tuple[str, ...]:
+    """One caution per defense whose cells were measured on more than one set of trained weights.
+
+    Runs merge by defense name (or label), so two runs that trained a defense differently, or retrained it (training
+    is not bit-reproducible across processes), put cells of different models in one row. Not an error: a retrain of
+    the same config is a fair merge, but the reader must be told, and a different config must be labelled apart.
+    """
+    weights: dict[str, dict[str, set[str]]] = {}  # defense -> fingerprint -> experiments
+    for r in rows:
+        weights.setdefault(r["defense"], {}).setdefault(str(r["defense_fingerprint"]), set()).add(str(r["experiment"]))
+    return tuple(
+        f"defense '{defense}' merges cells measured on {len(by_fp)} different trained weights ("
+        + "; ".join(f"fingerprint {fp} in {', '.join(sorted(exps))}" for fp, exps in sorted(by_fp.items()))
+        + "): a retrain of the same config, or different defense configs under one name, which need distinct labels"
+        for defense, by_fp in weights.items()
+        if len(by_fp) > 1
+    )
 
 
 # -- merging runs -------------------------------------------------------------------------------------------------
@@ -505,8 +526,9 @@ def _markdown_table(section: _Section) -> str:
 
 def render_markdown(tables: LeaderboardTables) -> str:
     runs = ", ".join(tables.runs) or "—"
-    parts = [f"# sdm-bench leaderboard\n\nRuns: {runs}.\n\n{INTRO}\n", *map(_markdown_table, _sections(tables))]
-    return "\n".join(parts)
+    cautions = "".join(f"**Caution:** {c}.\n\n" for c in tables.cautions)
+    header = f"# sdm-bench leaderboard\n\nRuns: {runs}.\n\n{cautions}{INTRO}\n"
+    return "\n".join([header, *map(_markdown_table, _sections(tables))])
 
 
 _CSS = """
@@ -545,7 +567,8 @@ def render_html(tables: LeaderboardTables, plots: dict[str, bytes]) -> str:
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>sdm-bench leaderboard</title><style>{_CSS}</style></head><body>"
-        f'<h1>sdm-bench leaderboard</h1><p class="note">{e(INTRO)}</p>{figures}'
+        f"<h1>sdm-bench leaderboard</h1>{''.join(f'<p><strong>Caution:</strong> {e(c)}.</p>' for c in tables.cautions)}"
+        f'<p class="note">{e(INTRO)}</p>{figures}'
         + "".join(map(_html_table, _sections(tables)))
         + f"<h2>Provenance</h2><dl>{provenance}</dl></body></html>\n"
     )
@@ -671,7 +694,7 @@ def build_leaderboard(
     out = Path(out) if out is not None else default_out(run_dirs)
     cells, runs = merge_runs(run_dirs)
     tables = aggregate(cells, threshold=threshold, block_margin=block_margin)
-    tables = LeaderboardTables(tables.leaderboard, tables.summary, runs, tables.provenance)
+    tables = LeaderboardTables(tables.leaderboard, tables.summary, runs, tables.provenance, tables.cautions)
     if out.exists() and not out.is_dir():
         raise UserError(f"output '{out}': exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
@@ -692,5 +715,6 @@ def build_leaderboard(
         markdown=write_text_atomic(out / "leaderboard.md", render_markdown(tables)),
         html=write_text_atomic(out / "leaderboard.html", render_html(tables, images)),
         plots=plots,
+        cautions=tables.cautions,
     )
     return files

@@ -321,6 +321,24 @@ def test_merges_runs_with_different_seeds(tmp_path: Path):
     assert r["config_hash"] == "cfg-a,cfg-b"
 
 
+def test_merging_one_defense_trained_twice_is_flagged_to_the_reader(tmp_path: Path):
+    """Runs merge by defense name, so a defense retrained (or trained differently) in another run puts two models in
+    one row: the leaderboard says so in its Markdown and HTML, and stays quiet when the weights agree."""
+    a = write_run(tmp_path / "a", [cell("mlac", "probe", "harmful", 20, 0, 0.5),
+                                   cell("bert", "probe", "harmful", 20, 0, 0.7)])
+    b = write_run(tmp_path / "b", [cell("mlac", "probe", "harmful", 20, 1, 0.6, experiment="other",
+                                        defense_fingerprint="dfp-retrained"),
+                                   cell("bert", "probe", "harmful", 20, 1, 0.7, experiment="other")])
+    files = build_leaderboard([a, b], tmp_path / "board")
+    [caution] = files.cautions
+    assert caution.startswith("defense 'mlac' merges cells measured on 2 different trained weights")
+    assert "fingerprint dfp in unit" in caution and "fingerprint dfp-retrained in other" in caution
+    assert f"**Caution:** {caution}." in files.markdown.read_text()
+    assert "<strong>Caution:</strong> defense &#x27;mlac&#x27; merges" in files.html.read_text()
+    assert build_leaderboard([a], tmp_path / "alone").cautions == ()
+    assert "Caution" not in (tmp_path / "alone" / "leaderboard.md").read_text()
+
+
 @pytest.mark.parametrize(
     ("field", "change"),
     [
@@ -360,6 +378,13 @@ def test_cli_writes_files_and_reports_bad_merges(tmp_path: Path):
     assert ok.returncode == 0, ok.stderr
     assert f"html: {tmp_path / 'board' / 'leaderboard.html'}" in ok.stdout
     assert pq.read_table(tmp_path / "board" / "summary.parquet").column("data_cost_threshold")[0].as_py() == 0.6
+    assert "caution" not in ok.stderr
+    retrained = write_run(tmp_path / "run-c",
+                          [cell("mlac", "finetune", "harmful", 50, 0, 0.6, defense_fingerprint="x")])
+    mixed = subprocess.run([*sdm_command(), "leaderboard", str(a), str(retrained), "--out", str(tmp_path / "mixed")],
+                           capture_output=True, text=True)
+    assert mixed.returncode == 0, mixed.stderr
+    assert "caution: defense 'mlac' merges cells measured on 2 different trained weights" in mixed.stderr
     bad = subprocess.run([*sdm_command(), "leaderboard", str(a), str(b)], capture_output=True, text=True)
     assert bad.returncode == 2
     assert bad.stderr.strip().startswith("error: cannot merge runs") and "data_fingerprint" in bad.stderr
