@@ -78,6 +78,8 @@ def test_paper_config_dry_run_plans_the_full_protocol(tmp_path: Path) -> None:
     ("reproduce-bert-matched-long.yaml", "reproduce-diagnostics/cells-bert-matched-long.parquet"),
     ("reproduce-bert-lr.yaml", "reproduce-diagnostics/cells-bert-lr.parquet"),
     ("reproduce-adversarial-reset-bert-lr.yaml", "reproduce-diagnostics/cells-adversarial-reset-bert-lr.parquet"),
+    ("reproduce-5e5.yaml", "reproduce-diagnostics/cells-reproduce-5e5.parquet"),
+    ("reproduce-peers-5e5.yaml", "reproduce-diagnostics/cells-peers-5e5.parquet"),
 ])
 def test_published_reproduction_is_a_complete_run_of_the_shipped_config(config: str, cells_file: str,
                                                                         tmp_path: Path) -> None:
