@@ -77,6 +77,7 @@ def test_paper_config_dry_run_plans_the_full_protocol(tmp_path: Path) -> None:
     ("reproduce-bert-matched.yaml", "reproduce-diagnostics/cells-bert-matched.parquet"),
     ("reproduce-bert-matched-long.yaml", "reproduce-diagnostics/cells-bert-matched-long.parquet"),
     ("reproduce-bert-lr.yaml", "reproduce-diagnostics/cells-bert-lr.parquet"),
+    ("reproduce-bert-lr-long.yaml", "reproduce-diagnostics/cells-bert-lr-long.parquet"),
     ("reproduce-adversarial-reset-bert-lr.yaml", "reproduce-diagnostics/cells-adversarial-reset-bert-lr.parquet"),
     ("reproduce-5e5.yaml", "reproduce-diagnostics/cells-reproduce-5e5.parquet"),
     ("reproduce-peers-5e5.yaml", "reproduce-diagnostics/cells-peers-5e5.parquet"),
