@@ -355,10 +355,10 @@ def aggregate(
         name: _joined(rows, name) or "" for name in ("experiment", *PROVENANCE_SUMMARY, "schema_version",
                                                      "torch_version", "ray_version", "hardware")
     }
-    return LeaderboardTables(leaderboard, summary, provenance=provenance, cautions=mixed_weights_cautions(rows))
+    return LeaderboardTables(leaderboard, summary, provenance=provenance, cautions=_mixed_weights_cautions(rows))
 
 
-def mixed_weights_cautions(rows: list[dict]) -> tuple[str, ...]:
+def _mixed_weights_cautions(rows: list[dict]) -> tuple[str, ...]:
     """One caution per defense whose cells were measured on more than one set of trained weights.
 
     Runs merge by defense name (or label), so two runs that trained a defense differently, or retrained it (training
@@ -371,7 +371,7 @@ def mixed_weights_cautions(rows: list[dict]) -> tuple[str, ...]:
     return tuple(
         f"defense '{defense}' merges cells measured on {len(by_fp)} different trained weights ("
         + "; ".join(f"fingerprint {fp} in {', '.join(sorted(exps))}" for fp, exps in sorted(by_fp.items()))
-        + "): a retrain of the same config, or different defense configs under one name, which need distinct labels"
+        + "): a retrain of the same config, or different configs under one name (give each its own label)"
         for defense, by_fp in weights.items()
         if len(by_fp) > 1
     )
@@ -563,12 +563,12 @@ def render_html(tables: LeaderboardTables, plots: dict[str, bytes]) -> str:
     )
     provenance = "".join(f"<dt>{e(k)}</dt><dd>{e(v or '—')}</dd>" for k, v in
                          {"runs": ", ".join(tables.runs), **tables.provenance}.items())
+    cautions = "".join(f"<p><strong>Caution:</strong> {e(c)}.</p>" for c in tables.cautions)
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>sdm-bench leaderboard</title><style>{_CSS}</style></head><body>"
-        f"<h1>sdm-bench leaderboard</h1>{''.join(f'<p><strong>Caution:</strong> {e(c)}.</p>' for c in tables.cautions)}"
-        f'<p class="note">{e(INTRO)}</p>{figures}'
+        f'<h1>sdm-bench leaderboard</h1>{cautions}<p class="note">{e(INTRO)}</p>{figures}'
         + "".join(map(_html_table, _sections(tables)))
         + f"<h2>Provenance</h2><dl>{provenance}</dl></body></html>\n"
     )
