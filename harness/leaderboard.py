@@ -39,7 +39,7 @@ import html
 import io
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -693,8 +693,7 @@ def build_leaderboard(
     run_dirs = [Path(r) for r in run_dirs]
     out = Path(out) if out is not None else default_out(run_dirs)
     cells, runs = merge_runs(run_dirs)
-    tables = aggregate(cells, threshold=threshold, block_margin=block_margin)
-    tables = LeaderboardTables(tables.leaderboard, tables.summary, runs, tables.provenance, tables.cautions)
+    tables = replace(aggregate(cells, threshold=threshold, block_margin=block_margin), runs=runs)
     if out.exists() and not out.is_dir():
         raise UserError(f"output '{out}': exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
