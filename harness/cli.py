@@ -20,6 +20,23 @@ app = typer.Typer(
 data_app = typer.Typer(no_args_is_help=True, help="Inspect the data a config uses.")
 app.add_typer(data_app, name="data")
 
+
+def _show_version(value: bool) -> None:
+    if value:
+        from harness import __version__
+
+        typer.echo(f"sdm-bench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_show_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    """sdm-bench: do self-destructing models resist harmful fine-tuning?"""
+
 ConfigArg = Annotated[Path, typer.Argument(help="experiment YAML config")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a config value: key.path=value")]
 
@@ -182,6 +199,27 @@ def data_inspect(config: ConfigArg, set_: SetOpt = None) -> None:
     Console().print(render_inspection(inspect_corpus(cfg)))
 
 
+def _click_error_types() -> tuple[type[BaseException], ...]:
+    """click's ClickException, and the copy typer >= 0.2x vendors (`typer._click`) and raises instead."""
+    import click
+
+    types: list[type[BaseException]] = [click.ClickException]
+    vendored = getattr(typer, "_click", None)
+    vendored_type = getattr(getattr(vendored, "exceptions", None), "ClickException", None)
+    if isinstance(vendored_type, type):
+        types.append(vendored_type)
+    return tuple(types)
+
+
+def usage_line(exc: BaseException) -> str:
+    """A usage error as one line: what was wrong, and where to read how the command is used."""
+    message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+    message = " ".join(message.split())
+    ctx = getattr(exc, "ctx", None)
+    command = ctx.command_path if ctx is not None else "sdm"
+    return f"error: {message} (see '{command} --help')"
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -197,13 +235,12 @@ def main() -> None:
         sys.exit(130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except Exception as exc:  # click's usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(2)
-        raise
+    except _click_error_types() as exc:  # usage errors: unknown option or command, missing or bad argument
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare `sdm` or `sdm data`: the help is the answer
+            typer.echo(exc.ctx.get_help() if getattr(exc, "ctx", None) else str(exc))
+            sys.exit(0)
+        typer.echo(usage_line(exc), err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
