@@ -64,6 +64,8 @@ def run(
     from harness.runner import Plan, run_experiment
 
     console = Console(stderr=True)
+    for warning in cfg.warnings():
+        typer.echo(f"warning: {warning}", err=True)
     result = run_experiment(cfg, origin=str(config), address=address, resume=resume, dry_run=dry_run, console=console)
     if isinstance(result, Plan):
         _print_plan(cfg, result)

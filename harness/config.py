@@ -187,9 +187,25 @@ class SearchConfig(Strict):
         return self
 
 
+DefenseSeeding = Literal["per-seed", "shared"]
+SHARED_DEFENSE_SEED = 0  # the one training seed of `seeding: shared`
+# TPE learns from finished trials: with more than this share of a cell's trials proposed before any result is back,
+# the search is close to random search.
+TPE_CONCURRENCY_SHARE = 0.25
+
+
 class DefenseTraining(Strict):
     resources: Resources = Resources(cpu=1)
     checkpoint_every: int = Field(200, gt=0)
+    seeding: DefenseSeeding = Field(
+        "per-seed",
+        description="per-seed: each cell seed attacks a defense trained with that seed, so intervals include the "
+        "training's variance; shared: one model, trained with seed 0, serves every seed (the leaderboard says so)",
+    )
+
+    def seed_for(self, cell_seed: int) -> int:
+        """The seed the defense a cell attacks was trained with."""
+        return cell_seed if self.seeding == "per-seed" else SHARED_DEFENSE_SEED
 
 
 class ClusterConfig(Strict):
@@ -263,6 +279,24 @@ class ExperimentConfig(Strict):
             if unknown:
                 raise ValueError(f"attacks: '{attack.name}' budgets {unknown} are not among the experiment's budgets")
         return self
+
+    def warnings(self) -> list[str]:
+        """Settings that are valid but weaken the benchmark: the CLI prints them before it runs anything."""
+        found = []
+        search = self.search
+        limit = max(2, int(search.num_samples * TPE_CONCURRENCY_SHARE))
+        if search.max_concurrent > limit:
+            found.append(
+                f"search.max_concurrent {search.max_concurrent} against num_samples {search.num_samples}: most trials "
+                f"are proposed before any result is back, so TPE is close to random search (at most {limit} keeps it "
+                "learning)"
+            )
+        if self.defense_training.seeding == "shared" and len(self.seeds) > 1:
+            found.append(
+                "defense_training.seeding: shared: one trained defense serves every seed, so the intervals leave out "
+                "the training's variance"
+            )
+        return found
 
     def budgets_for(self, role: str) -> list[int]:
         """The budgets of the harmful or desired task's cells."""

@@ -21,6 +21,10 @@ from harness.atomic import write_file_atomic
 
 # Additive changes keep the version: trials' `node_id` came later and reads as null from files written before it.
 SCHEMA_VERSION = 1
+# What the numbers mean, as opposed to how they are stored. 2: disjoint data pools (the attacker's examples never come
+# from the defenses' training split), bert trained exactly like the censoring defenses, defenses trained per seed,
+# MLAC's learned inner lr on the attacker's objective. Cells without the column were measured under protocol 1.
+PROTOCOL_VERSION = 2
 
 PARTITION_FIELDS = [
     pa.field("defense", pa.string()),
@@ -44,6 +48,18 @@ PROVENANCE_FIELDS = [
     pa.field("ray_version", pa.string()),
     pa.field("torch_version", pa.string()),
     pa.field("hardware", pa.string()),
+    pa.field("protocol_version", pa.int32()),  # PROTOCOL_VERSION; null in cells written before it existed
+]
+
+# Where a cell's numbers came from: the defended weights it attacked and the data pools it drew on (null in older files).
+ORIGIN_FIELDS = [
+    pa.field("defense_seed", pa.int64()),  # the seed the attacked defense was trained with
+    pa.field("defense_seeding", pa.string()),  # per-seed | shared (one trained model serves every cell seed)
+    pa.field("defense_variant", pa.string()),  # e.g. first-order: shown beside the defense's name in reports
+    pa.field("budget_pool", pa.string()),  # the pool the budget sample was drawn from
+    pa.field("validation_pool", pa.string()),  # the pool selection and early stopping saw
+    pa.field("test_pool", pa.string()),  # the pool test accuracy is read on
+    pa.field("validation_rows", pa.int64()),  # labelled rows the attacker selected on, beside its budget
 ]
 
 TRIAL_SCHEMA = pa.schema(
@@ -63,6 +79,7 @@ TRIAL_SCHEMA = pa.schema(
         pa.field("error", pa.string()),
         pa.field("wall_seconds", pa.float64()),
         pa.field("node_id", pa.string()),  # the Ray node whose worker trained it
+        *ORIGIN_FIELDS,
         *PROVENANCE_FIELDS,
     ]
 )
@@ -82,6 +99,7 @@ CELL_SCHEMA = pa.schema(
         pa.field("test_accuracy_std", pa.float64()),
         pa.field("n_reruns", pa.int64()),
         pa.field("wall_seconds", pa.float64()),
+        *ORIGIN_FIELDS,
         *PROVENANCE_FIELDS,
     ]
 )
@@ -121,6 +139,7 @@ def provenance(**fields: Any) -> dict[str, Any]:
         "ray_version": ray.__version__,
         "torch_version": torch.__version__,
         "hardware": hardware(),
+        "protocol_version": PROTOCOL_VERSION,
     }
     base.update(fields)
     missing = [f.name for f in PROVENANCE_FIELDS if f.name not in base]
@@ -176,7 +195,16 @@ def read_cells(run_dir: Path) -> pa.Table:
     files = sorted(folder.glob("*.parquet")) if folder.exists() else []
     if not files:
         return CELL_SCHEMA.empty_table()
-    return pa.concat_tables([pq.read_table(f).cast(CELL_SCHEMA) for f in files])
+    return pa.concat_tables([conform(pq.read_table(f), CELL_SCHEMA) for f in files])
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` with `schema`'s columns in its order; columns an older file lacks read as nulls."""
+    columns = [
+        table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+        for f in schema
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def write_cells_table(run_dir: Path) -> Path:

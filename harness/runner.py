@@ -247,7 +247,7 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from harness.atomic import clean_leftovers, write_text_atomic
-    from harness.defend import cache_root, load_defended, train_defense
+    from harness.defend import cache_root, load_defended, make_defense, train_defense
     from harness.models import base_fingerprint, model_id
     from harness.plugins import CellData
     from harness.results import provenance, write_cell, write_cells_table
@@ -277,6 +277,14 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
         data_id=prepared.corpus_source,
         data_fingerprint=prepared.fingerprint,
     )
+    origin = {
+        "defense_seeding": cfg.defense_training.seeding,
+        "budget_pool": prepared.pools["attack"].label,
+        "validation_pool": prepared.pools["validation"].label,
+        "test_pool": prepared.pools["test"].label,
+        "validation_rows": len(prepared.val),
+    }
+    variants = {spec.cell_name: make_defense(spec, "config").variant() for spec in cfg.defenses}
     todo = plan.todo
     summary = RunSummary(run_dir, 0, len(plan.cells) - len(todo), [], 0.0)
     defense_specs = {d.cell_name: d for d in cfg.defenses}
@@ -289,25 +297,29 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
         ) as progress:
             cells_bar = progress.add_task("cells", total=len(plan.cells), completed=summary.cells_skipped)
             trials_bar = progress.add_task("trials", total=len(todo) * plan.trials_per_cell)
-            for defense_name in dict.fromkeys(c.defense for c in todo):
+            seed_for = cfg.defense_training.seed_for
+            # Per-seed defenses: each cell seed attacks a defense trained with that seed (`seeding: shared`: seed 0).
+            for defense_name, defense_seed in dict.fromkeys((c.defense, seed_for(c.seed)) for c in todo):
                 spec = defense_specs[defense_name]
                 resources = cfg.defense_training.resources
                 weights = ray.get(
                     train_remote.options(num_cpus=resources.cpu, num_gpus=resources.gpu).remote(
-                        cfg, spec, prepared.train, prepared.fingerprint, 0, cache_root(cfg)
+                        cfg, spec, prepared.defense_train, prepared.fingerprint, defense_seed, cache_root(cfg)
                     )
                 )
                 state = load_defended(weights)
                 progress.console.log(
-                    f"defense {defense_name}: {'cached' if weights.cached else f'trained in {weights.train_seconds:.0f}s'}"
-                    f" ({weights.path})"
+                    f"defense {defense_name} (seed {defense_seed}): "
+                    f"{'cached' if weights.cached else f'trained in {weights.train_seconds:.0f}s'} ({weights.path})"
                 )
+                stamp = {**common, **origin, "defense_fingerprint": weights.fingerprint, "defense_seed": defense_seed,
+                         "defense_variant": variants[defense_name]}
                 features = _feature_cache(cfg, state, attacks, prepared)
-                for cell in [c for c in todo if c.defense == defense_name]:
+                for cell in [c for c in todo if c.defense == defense_name and seed_for(c.seed) == defense_seed]:
                     progress.update(trials_bar, description=f"trials {cell.cell_id}")
                     rows_idx = prepared.budget_rows[(cell.task, cell.seed)][cell.budget]
                     attack = attacks[cell.attack]
-                    data = CellData(prepared.train.subset(rows_idx), prepared.val, prepared.test,
+                    data = CellData(prepared.attack_pool.subset(rows_idx), prepared.val, prepared.test,
                                     cell.task, cfg.data.labels[cell.task])
                     cell_features = features(cell, rows_idx) if attack.needs_features() else None
                     payload = CellPayload(cfg.model, state, data, cell_features, attack,
@@ -319,7 +331,6 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
                     keys = {"defense": cell.defense, "attack": cell.attack, "task": cell.task,
                             "budget": cell.budget, "seed": cell.seed, "cell_id": cell.cell_id,
                             "task_role": cell.task_role}
-                    stamp = {**common, "defense_fingerprint": weights.fingerprint}
                     trial_rows = [{**keys, **row, **stamp} for row in trial_rows]
                     cell_row = {**keys, **cell_row, **stamp}
                     write_cell(run_dir, trial_rows, cell_row)
@@ -337,7 +348,7 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
 
 
 def _feature_cache(cfg: ExperimentConfig, state: dict, attacks: dict[str, Any], prepared: PreparedData):
-    """Frozen features of the defended encoder: val/test once per defense, training rows once per (task, seed)."""
+    """Frozen features of the defended encoder: val/test once per defended model, budget rows once per (task, seed)."""
     if not any(a.needs_features() for a in attacks.values()):
         return lambda cell, rows: None
     from harness.classifier import Classifier
@@ -354,7 +365,7 @@ def _feature_cache(cfg: ExperimentConfig, state: dict, attacks: dict[str, Any], 
         key = (cell.task, cell.seed)
         if key not in train_cache:
             largest = prepared.budget_rows[key][max(prepared.budget_rows[key])]
-            train_cache[key] = (largest, encode(model, prepared.train.subset(largest)))
+            train_cache[key] = (largest, encode(model, prepared.attack_pool.subset(largest)))
         largest, feats = train_cache[key]
         position = {int(r): i for i, r in enumerate(largest)}
         return Features(feats[[position[int(r)] for r in rows]], val, test)
