@@ -74,6 +74,12 @@ def run(
         f"[bold]done[/bold] in {result.seconds:.0f}s: {result.cells_run} cells run, {result.cells_skipped} already "
         f"finished, {len(result.failed)} failed"
     )
+    console.print("pools (disjoint): " + "; ".join(info.label for info in result.pools.values()))
+    seeding = cfg.defense_training.seeding
+    console.print(
+        "defenses: " + (f"trained per seed (seeds {', '.join(map(str, cfg.seeds))})" if seeding == "per-seed"
+                        else "one training (seed 0) shared by every seed")
+    )
     from harness.leaderboard import build_leaderboard, render_terminal
 
     files = build_leaderboard([result.run_dir])

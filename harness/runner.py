@@ -46,6 +46,7 @@ class RunSummary:
     failed: list[str]  # cells of this run that ended without a result
     seconds: float
     tables: dict[str, Path] = field(default_factory=dict)
+    pools: dict[str, Any] = field(default_factory=dict)  # pool name -> PoolInfo: what each stage drew its rows from
 
 
 def plan_cells(cfg: ExperimentConfig, run_dir: Path) -> Plan:
@@ -163,7 +164,7 @@ def run_experiment(
             from harness.results import write_cells_table
 
             tables = {"trials": run_dir / "trials", "cells": write_cells_table(run_dir)}
-            return RunSummary(run_dir, 0, len(plan.cells), [], time.perf_counter() - started, tables)
+            return RunSummary(run_dir, 0, len(plan.cells), [], time.perf_counter() - started, tables, prepared.pools)
         return _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, started)
 
 
@@ -286,7 +287,7 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
     }
     variants = {spec.cell_name: make_defense(spec, "config").variant() for spec in cfg.defenses}
     todo = plan.todo
-    summary = RunSummary(run_dir, 0, len(plan.cells) - len(todo), [], 0.0)
+    summary = RunSummary(run_dir, 0, len(plan.cells) - len(todo), [], 0.0, pools=prepared.pools)
     defense_specs = {d.cell_name: d for d in cfg.defenses}
     train_remote = ray.remote(train_defense)
     pool = WorkerPool(cfg.search.max_concurrent, cfg.search.resources_per_trial, cfg.search.fault_injection)
