@@ -11,6 +11,26 @@ from pathlib import Path
 TMP_MARK = ".tmp-"
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where the OS allows (os.umask can only set it, and setting it
+    for a moment races with other threads creating files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _honour_umask(path: Path, mode: int) -> None:
+    # mkstemp and mkdtemp create 0600 files and 0700 folders whatever the umask: a leaderboard on a shared
+    # filesystem or behind a web server would be unreadable to everyone else. Give them what open() and mkdir() give.
+    os.chmod(path, mode & ~current_umask())
+
+
 def write_file_atomic(path: Path, write: Callable[[Path], None]) -> Path:
     """Call `write(tmp_path)` and rename the result onto `path`."""
     path = Path(path)
@@ -18,6 +38,7 @@ def write_file_atomic(path: Path, write: Callable[[Path], None]) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f"{TMP_MARK}{path.name}.", dir=path.parent)
     os.close(fd)
     try:
+        _honour_umask(Path(tmp), 0o666)
         write(Path(tmp))
         with open(tmp, "rb") as written:
             os.fsync(written.fileno())  # on disk before the rename: a node that crashes leaves old or new, not empty
@@ -38,6 +59,7 @@ def publish_dir_atomic(path: Path, fill: Callable[[Path], None]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_MARK}{path.name}.", dir=path.parent))
     try:
+        _honour_umask(tmp, 0o777)
         fill(tmp)
         os.replace(tmp, path)
     except BaseException:
