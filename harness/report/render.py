@@ -311,6 +311,7 @@ def plot_role(tables: LeaderboardTables, role: str, threshold: float | None = No
 
 def render_terminal(source: LeaderboardFiles | LeaderboardTables) -> Table:
     """A rich Table: one row per defense, the worst-case harmful accuracy per budget and the summary columns."""
+    from rich.markup import escape
     from rich.table import Table
 
     tables = source.read() if isinstance(source, LeaderboardFiles) else source
@@ -323,14 +324,14 @@ def render_terminal(source: LeaderboardFiles | LeaderboardTables) -> Table:
     first = summary[0] if summary else {}
     caption = " ".join([*(f"Caution: {c}." for c in tables.cautions), _summary_section(tables).note])
     table = Table(title=f"{task}: attacker's validation-best attack (mean ± 95% CI half-width over seeds)",
-                  caption=caption)
+                  caption=escape(caption))
     # Short columns never wrap; on a narrow terminal the "mean ± half-width" cells wrap at the "±" instead.
     table.add_column("defense", style="bold", no_wrap=True)
     for b in budgets:
         table.add_column(f"@ {b}", justify="right")
     table.add_column(f"worst-budget gap\nvs {REFERENCE_DEFENSE}", justify="right")
     table.add_column("verdict", no_wrap=True)
-    table.add_column(f"desired\n@ {first.get('desired_max_budget')}", justify="right", no_wrap=True)
+    table.add_column(f"desired\n@ {first.get('desired_max_budget') or '—'}", justify="right", no_wrap=True)
     table.add_column(f"cost to\n{_fmt(first.get('data_cost_threshold'), 2)}", justify="right", no_wrap=True)
     styles = {"blocked": "green", "not blocked": "red", "inconclusive": "yellow", "too few seeds": "yellow",
               "blocked, utility lost": "red", "blocked, utility not checked": "yellow"}
@@ -338,6 +339,7 @@ def render_terminal(source: LeaderboardFiles | LeaderboardTables) -> Table:
         defense, verdict = r["defense"], r["verdict"]
         cells = [_cell_text(by_key[(defense, b)]) if (defense, b) in by_key else "—" for b in budgets]
         verdict_text = f"[{styles[verdict]}]{verdict}[/]" if verdict in styles else verdict
-        table.add_row(labels[defense], *cells, _worst_gap_text(r, compact=True), verdict_text,
+        # escaped: rich would read a variant's "[first-order]" as markup and drop it
+        table.add_row(escape(labels[defense]), *cells, _worst_gap_text(r, compact=True), verdict_text,
                       _fmt(r["desired_accuracy_max_budget"]), _cost_text(r))
     return table
