@@ -155,15 +155,28 @@ def leaderboard(
     run_dirs: Annotated[list[Path], typer.Argument(metavar="RUN_DIR", help="run directories to merge")],
     out: Annotated[Optional[Path], typer.Option(help="output folder (default <first RUN_DIR>/leaderboard)")] = None,
     threshold: Annotated[
-        Optional[float], typer.Option(help="harmful-task accuracy the data cost is measured to (default 0.75)")
+        Optional[float],
+        typer.Option(help="fixed harmful-task accuracy the data cost is measured to (default: halfway between "
+                          "random-init and bert at the largest budget)"),
+    ] = None,
+    block_margin: Annotated[
+        Optional[float], typer.Option(help="gap to random-init a blocked defense stays under at every budget (0.05)")
+    ] = None,
+    utility_margin: Annotated[
+        Optional[float], typer.Option(help="desired-task accuracy a blocked defense may lose against bert (0.05)")
     ] = None,
 ) -> None:
     """Merge runs into leaderboard tables (Parquet, Markdown, HTML) and plots."""
     from rich.console import Console
 
-    from harness.leaderboard import DATA_COST_THRESHOLD, build_leaderboard, render_terminal
+    from harness.leaderboard import build_leaderboard, render_terminal
+    from harness.report.stats import BLOCK_MARGIN, UTILITY_MARGIN
 
-    files = build_leaderboard(run_dirs, out, threshold=DATA_COST_THRESHOLD if threshold is None else threshold)
+    files = build_leaderboard(
+        run_dirs, out, threshold=threshold,
+        block_margin=BLOCK_MARGIN if block_margin is None else block_margin,
+        utility_margin=UTILITY_MARGIN if utility_margin is None else utility_margin,
+    )
     Console().print(render_terminal(files))
     for caution in files.cautions:
         typer.echo(f"caution: {caution}", err=True)

@@ -3,7 +3,9 @@
 
 Both sides are aggregated exactly as the leaderboard does (`harness.leaderboard.aggregate`), from cells tables: a run
 directory, or a cells Parquet file such as a published `results/reproduce/cells.parquet`. Groups only one side has
-(another run's defenses merged into a published leaderboard, say) are listed, not compared.
+(another run's defenses merged into a published leaderboard, say) are listed, not compared. The verdicts are
+re-derived on both sides with the leaderboard's rules (per budget, the worst budget decides, utility against bert),
+and whether they agree is reported with the gap that decided each.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from harness.errors import UserError
@@ -41,7 +44,7 @@ def load_cells(source: Path) -> pa.Table:
         if source.is_dir():
             cells = read_cells(source)
         elif source.is_file() and source.suffix == ".parquet":
-            cells = pq.read_table(source).cast(CELL_SCHEMA)
+            cells = conform_cells(pq.read_table(source))
         else:
             raise UserError(f"'{source}': expected a run directory or a cells .parquet file")
     except (pa.ArrowException, ValueError, KeyError, OSError) as exc:
@@ -49,6 +52,24 @@ def load_cells(source: Path) -> pa.Table:
     if cells.num_rows == 0:
         raise UserError(f"'{source}': no finished cells")
     return cells
+
+
+def conform_cells(table: pa.Table) -> pa.Table:
+    """A cells file read with CELL_SCHEMA's columns, in its order and types; a column an older file lacks reads as
+    null, and columns CELL_SCHEMA does not (yet) name are kept after them, since the leaderboard reads them when there
+    (`validation_rows`, `defense_seeding`, `defense_variant`, ...)."""
+    columns, fields = [], []
+    for f in CELL_SCHEMA:
+        if f.name in table.column_names:
+            columns.append(pc.cast(table.column(f.name), f.type))
+        else:
+            columns.append(pa.nulls(table.num_rows, f.type))
+        fields.append(f)
+    for name in table.column_names:
+        if name not in CELL_SCHEMA.names:
+            columns.append(table.column(name))
+            fields.append(table.schema.field(name))
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields))
 
 
 def _inside(value: float | None, low: float | None, high: float | None) -> bool | None:
@@ -87,8 +108,20 @@ def compare(published: pa.Table, rerun: pa.Table) -> Comparison:
             "rerun_ci95": (b["harmful_gap_ci95_low"], b["harmful_gap_ci95_high"]),
             "rerun_verdict": b["verdict"],
             "within": _inside(b["harmful_gap"], a["harmful_gap_ci95_low"], a["harmful_gap_ci95_high"]),
+            "published_worst": _worst(a),
+            "rerun_worst": _worst(b),
+            "verdicts_agree": a["verdict"] == b["verdict"],
         })
     return Comparison(groups, gaps, sorted(set(old) - set(new)), sorted(set(new) - set(old)))
+
+
+def _worst(summary_row: dict[str, Any]) -> str:
+    """The budget that decided a verdict and its gap, as text (the verdict rests on it, not on the mean gap)."""
+    if summary_row.get("worst_budget") is None or summary_row.get("worst_budget_gap") is None:
+        return "—"
+    low, high = summary_row["worst_budget_gap_ci95_low"], summary_row["worst_budget_gap_ci95_high"]
+    interval = _ci((low, high), True)
+    return f"{summary_row['worst_budget_gap']:+.3f} {interval} @ {summary_row['worst_budget']}"
 
 
 def _ci(ci: tuple[float | None, float | None], sign: bool = False) -> str:
@@ -122,16 +155,19 @@ def render_markdown(result: Comparison, published: str, rerun: str) -> str:
     if result.gaps:
         lines += [
             "",
-            "Harmful gap vs random-init (worst case over attacks, mean over budgets), and the verdict:",
+            "Harmful gap vs random-init (worst case over attacks, mean over budgets), the verdict (re-derived on each "
+            "side: the worst budget decides), and the worst budget's gap:",
             "",
-            "| defense | published [95% CI] | verdict | rerun [95% CI] | verdict | within |",
-            "|---|---:|---|---:|---|---|",
+            "| defense | published [95% CI] | verdict | rerun [95% CI] | verdict | within | verdicts agree "
+            "| published worst budget | rerun worst budget |",
+            "|---|---:|---|---:|---|---|---|---:|---:|",
         ]
         for g in result.gaps:
             lines.append(
                 f"| {g['defense']} | {g['published_gap']:+.3f} {_ci(g['published_ci95'], True)} | "
                 f"{g['published_verdict']} | {g['rerun_gap']:+.3f} {_ci(g['rerun_ci95'], True)} | "
-                f"{g['rerun_verdict']} | {_mark(g['within'])} |"
+                f"{g['rerun_verdict']} | {_mark(g['within'])} | {'yes' if g['verdicts_agree'] else '**no**'} | "
+                f"{g['published_worst']} | {g['rerun_worst']} |"
             )
     for side, keys in (("published only", result.only_published), ("rerun only", result.only_rerun)):
         if keys:

@@ -86,3 +86,30 @@ def test_bad_sources_are_refused_with_one_line(tmp_path: Path):
                               str(tmp_path / "no" / "compare.md")], capture_output=True, text=True)
     assert nowhere.returncode == 2 and "--out" in nowhere.stderr and "folder does not exist" in nowhere.stderr
     assert not (tmp_path / "compare.md").exists() and not (tmp_path / "no").exists()
+
+
+def test_verdicts_are_rederived_with_the_leaderboard_rules():
+    published = table(run_cells(PUBLISHED))
+    result = compare(published, table(run_cells([0.60, 0.62, 0.64])))
+    [gap] = [g for g in result.gaps if g["defense"] == "mlac"]
+    assert (gap["published_verdict"], gap["rerun_verdict"], gap["verdicts_agree"]) == ("inconclusive", "not blocked",
+                                                                                       False)
+    assert gap["rerun_worst"] == "+0.120 [+0.070, +0.170] @ 20"
+    # two seeds are too few for a verdict on either side
+    [two] = [g for g in compare(table(run_cells(PUBLISHED[:2])), table(run_cells(PUBLISHED[:2]))).gaps
+             if g["defense"] == "mlac"]
+    assert two["published_verdict"] == two["rerun_verdict"] == "too few seeds" and two["verdicts_agree"]
+
+
+def test_a_cells_file_with_missing_or_newer_columns_is_read(tmp_path: Path):
+    """Older files lack columns added later (null), newer ones carry columns CELL_SCHEMA may not name yet (kept)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cells = table(run_cells(PUBLISHED)).drop_columns(["n_reruns"])
+    cells = cells.append_column("validation_rows", pa.array([40] * cells.num_rows, pa.int64()))
+    pq.write_table(cells, tmp_path / "cells.parquet")
+    loaded = load_cells(tmp_path / "cells.parquet")
+    assert set(loaded.column("n_reruns").to_pylist()) == {None}
+    assert set(loaded.column("validation_rows").to_pylist()) == {40}
+    assert compare(loaded, loaded).n_within == 4

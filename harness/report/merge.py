@@ -1,0 +1,94 @@
+"""Merging runs into one cells table, and the cautions a merged board owes its reader.
+
+Runs merge by defense name (or label); what they measured must agree (data, selection, tasks, schema), and each cell
+may come from one run only. What a merge cannot refuse but a reader must know (two trained weights under one name,
+defense weights shared across seeds) becomes a caution shown on the board.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+
+from harness.errors import UserError
+from harness.report.tables import ROLES
+from harness.results import SCHEMA_VERSION, read_cells
+
+SHARED_SEEDING = "shared"
+
+
+def shared_seeding_cautions(rows: list[dict]) -> tuple[str, ...]:
+    """A defense trained once and attacked with every seed: its intervals cover data draws and searches only."""
+    shared = sorted({r["defense"] for r in rows if r.get("defense_seeding") == SHARED_SEEDING})
+    if not shared:
+        return ()
+    return (f"defense weights shared across seeds ({', '.join(shared)}): intervals leave out training variance",)
+
+
+def mixed_weights_cautions(rows: list[dict]) -> tuple[str, ...]:
+    """One caution per defense whose cells were measured on more than one set of trained weights.
+
+    Runs merge by defense name (or label), so two runs that trained a defense differently, or retrained it (training
+    is not bit-reproducible across processes), put cells of different models in one row. Not an error: a retrain of
+    the same config is a fair merge, but the reader must be told, and a different config must be labelled apart.
+    """
+    weights: dict[str, dict[str, set[str]]] = {}  # defense -> fingerprint -> experiments
+    for r in rows:
+        weights.setdefault(r["defense"], {}).setdefault(str(r["defense_fingerprint"]), set()).add(str(r["experiment"]))
+    return tuple(
+        f"defense '{defense}' merges cells measured on {len(by_fp)} different trained weights ("
+        + "; ".join(f"fingerprint {fp} in {', '.join(sorted(exps))}" for fp, exps in sorted(by_fp.items()))
+        + "): a retrain of the same config, or different configs under one name (give each its own label)"
+        for defense, by_fp in weights.items()
+        if len(by_fp) > 1
+    )
+
+
+# -- merging runs -------------------------------------------------------------------------------------------------
+def _run_facts(run: Path, cells: pa.Table) -> dict[str, str]:
+    """What must agree between merged runs: one value per run for each."""
+    facts: dict[str, str] = {}
+    for column in ("schema_version", "data_fingerprint", "selection"):
+        values = sorted({str(v) for v in cells.column(column).to_pylist()})
+        if len(values) > 1:
+            raise UserError(f"run '{run}': its cells disagree on {column} ({', '.join(values)})")
+        facts[column] = values[0]
+    for role in ROLES:
+        tasks = sorted({t for t, r in zip(cells.column("task").to_pylist(), cells.column("task_role").to_pylist())
+                        if r == role})
+        if len(tasks) > 1:
+            raise UserError(f"run '{run}': its cells name several {role} tasks ({', '.join(tasks)})")
+        if tasks:  # a run that attacked only one role says nothing about the other
+            facts[f"{role} task"] = tasks[0]
+    return facts
+
+
+def merge_runs(run_dirs: list[Path]) -> tuple[pa.Table, tuple[str, ...]]:
+    """The cells of all runs as one table; refuses runs that measured different things."""
+    if not run_dirs:
+        raise UserError("no run directory given")
+    seen: dict[str, tuple[str, Path]] = {}  # fact -> (value, first run that had it)
+    owners: dict[tuple, Path] = {}  # cell key -> run
+    tables = []
+    for run in map(Path, run_dirs):
+        if not run.is_dir():
+            raise UserError(f"run '{run}': not a directory")
+        try:
+            cells = read_cells(run)
+        except (pa.ArrowException, KeyError, ValueError, OSError) as exc:
+            raise UserError(f"run '{run}': cells table unreadable with schema version {SCHEMA_VERSION} ({exc})") from None
+        if cells.num_rows == 0:
+            raise UserError(f"run '{run}': no finished cells under {run / 'cells'}")
+        for fact, value in _run_facts(run, cells).items():
+            if fact in seen and seen[fact][0] != value:
+                first_value, first_run = seen[fact]
+                raise UserError(f"cannot merge runs '{first_run}' and '{run}': {fact} differs ({first_value} vs {value})")
+            seen.setdefault(fact, (value, run))
+        for row in cells.select(["defense", "attack", "task", "budget", "seed", "cell_id"]).to_pylist():
+            key = (row["defense"], row["attack"], row["task"], row["budget"], row["seed"])
+            if key in owners:
+                raise UserError(f"cannot merge runs '{owners[key]}' and '{run}': both hold cell {row['cell_id']}")
+            owners[key] = run
+        tables.append(cells)
+    return pa.concat_tables(tables), tuple(Path(r).resolve().name for r in run_dirs)
