@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from harness.errors import UserError
 from harness.leaderboard import aggregate
-from harness.results import CELL_SCHEMA, read_cells
+from harness.results import CELL_SCHEMA, conform, read_cells
 
 KEY = ("defense", "attack", "task", "budget")
 
@@ -44,7 +43,7 @@ def load_cells(source: Path) -> pa.Table:
         if source.is_dir():
             cells = read_cells(source)
         elif source.is_file() and source.suffix == ".parquet":
-            cells = conform_cells(pq.read_table(source))
+            cells = conform(pq.read_table(source), CELL_SCHEMA)
         else:
             raise UserError(f"'{source}': expected a run directory or a cells .parquet file")
     except (pa.ArrowException, ValueError, KeyError, OSError) as exc:
@@ -52,24 +51,6 @@ def load_cells(source: Path) -> pa.Table:
     if cells.num_rows == 0:
         raise UserError(f"'{source}': no finished cells")
     return cells
-
-
-def conform_cells(table: pa.Table) -> pa.Table:
-    """A cells file read with CELL_SCHEMA's columns, in its order and types; a column an older file lacks reads as
-    null, and columns CELL_SCHEMA does not (yet) name are kept after them, since the leaderboard reads them when there
-    (`validation_rows`, `defense_seeding`, `defense_variant`, ...)."""
-    columns, fields = [], []
-    for f in CELL_SCHEMA:
-        if f.name in table.column_names:
-            columns.append(pc.cast(table.column(f.name), f.type))
-        else:
-            columns.append(pa.nulls(table.num_rows, f.type))
-        fields.append(f)
-    for name in table.column_names:
-        if name not in CELL_SCHEMA.names:
-            columns.append(table.column(name))
-            fields.append(table.schema.field(name))
-    return pa.Table.from_arrays(columns, schema=pa.schema(fields))
 
 
 def _inside(value: float | None, low: float | None, high: float | None) -> bool | None:

@@ -74,18 +74,6 @@ def table(cells: list[dict]):
     return results.to_table(cells, results.CELL_SCHEMA, "cells")
 
 
-# Cell columns added after schema version 1's first files; older cells files lack them (they read as null).
-NEW_CELL_FIELDS = [pa.field("validation_rows", pa.int64()), pa.field("defense_seeding", pa.string()),
-                   pa.field("defense_seed", pa.int64()), pa.field("defense_variant", pa.string())]
-
-
-def new_table(cells: list[dict]):
-    """A cells table that carries the newer columns, whether or not CELL_SCHEMA has them yet."""
-    known = set(results.CELL_SCHEMA.names)
-    schema = pa.schema([*results.CELL_SCHEMA, *(f for f in NEW_CELL_FIELDS if f.name not in known)])
-    return results.to_table(cells, schema, "cells")
-
-
 def row(tables, defense: str, attack: str, budget: int, role: str = "harmful") -> dict:
     [match] = [r for r in tables.leaderboard.to_pylist()
                if (r["defense"], r["attack"], r["budget"], r["task_role"]) == (defense, attack, budget, role)]
@@ -322,16 +310,16 @@ def test_data_cost_threshold_is_relative_to_the_reference_curves_and_counts_vali
     cells = [cell("bert", "finetune", "harmful", b, s, m + (0.02 if s else -0.02), validation_rows=b)
              for b, m in bert.items() for s in range(2)]
     cells += [cell("random-init", "finetune", "harmful", b, s, 0.5, validation_rows=b) for b in bert for s in range(2)]
-    b = summary(aggregate(new_table(cells)), "bert")
+    b = summary(aggregate(table(cells)), "bert")
     assert b["data_cost_threshold"] == pytest.approx(0.7)  # halfway between 0.5 and 0.9 at the largest budget
     assert b["data_cost_threshold_rule"] == "halfway between random-init (0.500) and bert (0.900) at budget 200"
     assert (b["data_cost"], b["data_cost_flag"]) == (pytest.approx(50.0), "interpolated")
     # the attacker also labelled as many validation rows as training rows: 100 labelled rows in all
     assert b["validation_rows"] == 200 and b["data_cost_with_validation"] == pytest.approx(100.0)
     # older cells without validation_rows: the cost without them stands, the cost with them is unknown
-    old = summary(aggregate(table(cells)), "bert")
+    old = summary(aggregate(table([{**c, "validation_rows": None} for c in cells])), "bert")
     assert old["data_cost"] == pytest.approx(50.0) and old["data_cost_with_validation"] is None
-    fixed = summary(aggregate(new_table(cells), threshold=0.8), "bert")
+    fixed = summary(aggregate(table(cells), threshold=0.8), "bert")
     assert fixed["data_cost_threshold_rule"] == "fixed" and fixed["data_cost"] == pytest.approx(100.0)
     # without both reference curves there is no relative threshold, and no cost is made up
     alone = summary(aggregate(table([c for c in cells if c["defense"] == "bert"])), "bert")
@@ -369,7 +357,7 @@ def test_variants_and_shared_defense_seeding_are_shown_wherever_the_defense_appe
                   defense_variant="first-order" if d == "mlac" else None,
                   defense_seeding="shared" if d == "mlac" else "per-seed", defense_seed=0 if d == "mlac" else s)
              for d in ("random-init", "mlac") for s in range(3)]
-    tables = aggregate(new_table(cells))
+    tables = aggregate(table(cells))
     assert summary(tables, "mlac")["defense_variant"] == "first-order"
     assert summary(tables, "mlac")["defense_seeding"] == "shared"
     assert row(tables, "mlac", WORST_CASE, 20)["defense_variant"] == "first-order"
@@ -386,7 +374,7 @@ def test_variants_and_shared_defense_seeding_are_shown_wherever_the_defense_appe
     text = console.export_text()
     assert "mlac [first-order]" in text and "shared across seeds" in text
     per_seed = [{**c, "defense_seeding": "per-seed"} for c in cells]
-    assert aggregate(new_table(per_seed)).cautions == ()
+    assert aggregate(table(per_seed)).cautions == ()
 
 
 # -- files --------------------------------------------------------------------------------------------------------
