@@ -44,7 +44,7 @@ def as_censoring(p: BertParams) -> MlacParams:
 
 @register_defense("bert")
 class Bert(Defense):
-    """The pretrained encoder trained on the desired task only, as the censoring defenses train: the matched control."""
+    """The pretrained encoder fine-tuned on the desired task only, like the censoring defenses: the matched control."""
 
     Params = BertParams
 
