@@ -7,11 +7,15 @@ Every outer step
    classifier's parameters dict, gradients with `create_graph=True` (or detached, `first_order`), clipped by global
    norm, and the shared `harness.attack_step.optimizer_update`, so the simulated attacker and the real attack plugins
    run the same update;
-3. minimises  desired-task loss (encoder + desired head)  +  harmful_weight * censoring loss of the *adapted* model on
-   a held-out harmful batch, with Adam on the encoder, the desired head and (optionally) the log inner lr.
+3. the defender minimises  desired-task loss (encoder + desired head)  +  harmful_weight * censoring loss of the
+   *adapted* model on a held-out harmful batch, with Adam on the encoder and the desired head only;
+4. with `inner_lr="learned"`, the simulated attacker's log inner lr takes a step of its own Adam (`inner_lr_lr`) on
+   the attacker's objective: the adapted model's harmful cross-entropy on that held-out batch. The two gradients are
+   taken on the same graph before either update, and neither optimizer moves the other's variables.
 
 With K=0 and a persistent ("learned") harmful head trained to predict the harmful label on the current features,
-this is the paper's adversarial-censoring baseline; `defenses.adversarial` calls this same code with K=0.
+this is the paper's adversarial-censoring baseline; `defenses.adversarial` calls this same code with K=0, and
+`defenses.bert` (the matched control) with K=0 and `harmful_weight=0`.
 
 Choices worth knowing:
 - `harmful_head="reset"` draws the simulated attacker's head afresh every outer step, like the evaluation attacker
@@ -23,15 +27,20 @@ Choices worth knowing:
   drives towards), `neg_ce` (negated per-example CE, clamped at `neg_ce_cap * log C` so it cannot blow up), and
   `probe` (the leave-one-out R^2 of a closed-form ridge probe fitted on the adapted features: a differentiable
   stand-in for the reference's calibrated linear probe, needing no external solver; see `ridge_probe_score`).
-- Inner learning rate: `inner_lr="learned"` (the reference's choice) trains log(lr) with the outer optimizer, so it
-  drifts towards the rate at which the *defender's* objective is lowest, kept within `inner_lr_bounds`;
-  `"sampled"` draws it log-uniformly from `inner_lr_range` each step, closer to the evaluation attacker's search.
+- Inner learning rate: `inner_lr="learned"` (the reference's choice) gives log(lr) its own Adam (`inner_lr_lr`) that
+  minimises the adapted model's harmful cross-entropy, so the simulated attacker gets stronger as it learns, kept
+  within `inner_lr_bounds`; the defender's outer step never moves it. With `first_order` the inner gradients are
+  detached but the lr still scales every inner update, so its gradient is exact through the updates (only the
+  gradients' own dependence on earlier updates is dropped). `"sampled"` draws it log-uniformly from
+  `inner_lr_range` each step, closer to the evaluation attacker's search.
+- First-order MLAC (`first_order=True`, K > 0) is a different method, labelled `first-order` in reports
+  (`Mlac.variant`): with probe attackers it is adversarial censoring against a freshly trained head.
 - Data: each step holds out `batch_size` harmful rows for the censoring loss and draws the K inner batches from the
   other rows, so the adapted model is judged on examples its simulated attacker did not train on.
 - The model stays in eval mode (no dropout): the inner loops are deterministic and a resumed run repeats the same
-  trajectory bit for bit (checkpoints hold the weights, both Adam states, the learned lr, the persistent head and the
-  run's random generator, its only source of randomness). Training runs in float32 (no autocast): double backward
-  under bf16 is fragile.
+  trajectory bit for bit (checkpoints hold the weights, the three Adam states (defender, learned lr, persistent
+  head), the learned lr, the persistent head and the run's random generator, its only source of randomness).
+  Training runs in float32 (no autocast): double backward under bf16 is fragile.
 - When the word embeddings adapt and the simulated attacker has no weight decay (always, for sampled settings), the
   inner loop adapts only the embedding rows of tokens in this step's harmful batches. Rows no inner batch touches get
   zero gradients at every inner step, so Adam and SGD-with-momentum leave them exactly where they are: the result is
@@ -76,6 +85,7 @@ from harness.resumable import (
     load_optimizer_tensors,
     optimizer_tensors,
     params_metadata,
+    tensors_with_prefix,
     train_resumable,
 )
 
@@ -86,6 +96,8 @@ WORD_EMBEDDINGS = "encoder.embeddings.word_embeddings.weight"
 # Validation context key: the adversarial defense's `harmful_head: reset` (the reference code's baseline) asks for
 # K=0 with an untrained head on purpose; a plain mlac config asking for it is a mistake and gets an error.
 UNTRAINED_HEAD_OK = "untrained_head_ok"
+# Checkpoint metadata: what the learned inner lr descends (older checkpoints had it in the defender's optimizer).
+INNER_LR_OBJECTIVE = "attacker"
 _PAD_ID = 0  # BERT's padding id: TokenizedSplit pads with it and the embedding's padding_idx is it
 
 
@@ -110,12 +122,13 @@ class MlacParams(CensorParams):
     first_order: bool = Field(False, description="detach inner gradients (first-order MAML): cheaper, less exact")
     inner_lr: Literal["learned", "sampled"] = Field(
         "learned",
-        description="learned: one log-lr trained by the outer optimizer (so it drifts to where the outer loss is "
-        "lowest, within inner_lr_bounds); sampled: log-uniform from inner_lr_range each outer step",
+        description="learned: one log-lr with its own Adam (inner_lr_lr) on the attacker's objective, the adapted "
+        "model's harmful cross-entropy (the simulated attacker gets stronger; the defender never moves it; clamped "
+        "to inner_lr_bounds); sampled: log-uniform from inner_lr_range each outer step",
     )
     inner_lr_init: float = Field(3e-4, gt=0)
     inner_lr_bounds: tuple[float, float] = Field((1e-6, 1e-2), description="clamp of the learned inner lr")
-    inner_lr_lr: float = Field(1e-3, gt=0, description="outer Adam lr of the learned log inner lr")
+    inner_lr_lr: float = Field(1e-3, gt=0, description="lr of the learned log inner lr's own (attacker's) Adam")
     inner_lr_range: tuple[float, float] = Field((1e-5, 1e-3), description="inner_lr=sampled: log-uniform range")
     inner_batch_sizes: tuple[int, ...] = Field((12, 24, 48), min_length=1, description="capped at the rows available")
     inner_optimizers: tuple[OptimizerName, ...] = Field(("adam",), min_length=1)
@@ -144,10 +157,11 @@ class MlacParams(CensorParams):
 # -- the meta-objective -----------------------------------------------------------------------------------------------
 @dataclass
 class MetaLoss:
-    total: torch.Tensor  # desired + harmful_weight * censor, differentiable w.r.t. the outer variables
+    total: torch.Tensor  # the defender's loss: desired + harmful_weight * censor, differentiable w.r.t. its variables
+    attack: torch.Tensor  # the attacker's loss: adapted harmful cross-entropy, differentiable w.r.t. the inner lr
     desired: torch.Tensor
     censor: torch.Tensor
-    harmful_ce: torch.Tensor  # the adapted model's harmful-task cross-entropy on the held-out batch (detached)
+    harmful_ce: torch.Tensor  # `attack`, detached
     head_features: torch.Tensor  # unadapted encoder features of a harmful batch (detached), to train a learned head
     head_labels: torch.Tensor
 
@@ -201,6 +215,9 @@ def meta_loss(
     `model` (encoder + desired head) holds the outer variables; `harm` shares its encoder and supplies the harmful
     classifier's structure, its head replaced by `head_init` (constants: the defender does not choose the attacker's
     head). The simulated attack `setting` runs one step per batch of `inner` with learning rate `inner_lr`.
+
+    With `harmful_weight=0` and no inner loop (`bert`, the matched control) the held-out forward runs without a
+    graph: its gradient would be exactly zero, so the weights are the same and the random draws are untouched.
     """
     desired_loss = F.cross_entropy(model(desired.input_ids, desired.attention_mask), desired.labels)
 
@@ -237,13 +254,14 @@ def meta_loss(
             new, state = optimizer_update(current, grads, state, setting, inner_lr)
             params.update(zip(names, new))
 
-    features, logits = functional_forward(harm, params, held_out, ids_of(held_out))
+    with torch.set_grad_enabled(torch.is_grad_enabled() and (p.harmful_weight != 0 or bool(names))):
+        features, logits = functional_forward(harm, params, held_out, ids_of(held_out))
+        censor = censor_loss(p.censor, logits, features, held_out.labels, p)
+        attack = F.cross_entropy(logits, held_out.labels)
     if head_features is None:
         head_features = features.detach()
-    censor = censor_loss(p.censor, logits, features, held_out.labels, p)
-    harmful_ce = F.cross_entropy(logits.detach(), held_out.labels)
     total = desired_loss + p.harmful_weight * censor
-    return MetaLoss(total, desired_loss.detach(), censor.detach(), harmful_ce, head_features, head_labels)
+    return MetaLoss(total, attack, desired_loss.detach(), censor.detach(), attack.detach(), head_features, head_labels)
 
 
 # -- training ---------------------------------------------------------------------------------------------------------
@@ -270,13 +288,14 @@ class CensorTrainer:
             for clf in (self.model, self.harm):
                 for name, value in draw_head(width, clf.head.out_features, self.generator, self.device).items():
                     getattr(clf.head, name.removeprefix("head.")).copy_(value)
+        # The defender's variables (encoder and desired head) and the simulated attacker's (the learned log inner lr,
+        # the persistent harmful head) have an Adam each, on their own objectives; neither moves the other's.
+        self.outer_params = list(self.model.parameters())
+        self.optimizer = torch.optim.Adam(self.outer_params, lr=p.lr)
         self.log_lr = torch.nn.Parameter(torch.tensor(math.log(p.inner_lr_init), device=self.device))
-        groups: list[dict[str, Any]] = [{"params": list(self.model.parameters())}]
-        if p.inner_lr == "learned" and p.inner_steps > 0:
-            groups.append({"params": [self.log_lr], "lr": p.inner_lr_lr})
-        self.optimizer = torch.optim.Adam(groups, lr=p.lr)
+        self.learns_lr = p.inner_lr == "learned" and p.inner_steps > 0
+        self.lr_optimizer = torch.optim.Adam([self.log_lr], lr=p.inner_lr_lr)
         self.head_optimizer = torch.optim.Adam(self.harm.head.parameters(), lr=p.head_lr)
-        self.outer_params = [t for g in groups for t in g["params"]]
         self.step_count = 0
 
     # -- one outer step ---------------------------------------------------------------------------------------------
@@ -317,17 +336,42 @@ class CensorTrainer:
             return draw_head(self.harm.head.in_features, self.harm.head.out_features, self.generator, self.device)
         return {"head.weight": self.harm.head.weight, "head.bias": self.harm.head.bias}
 
+    def attacker_gradient(self, out: MetaLoss) -> torch.Tensor | None:
+        """d(adapted harmful cross-entropy) / d(log inner lr), or None when the inner lr is not learned.
+
+        Taken with `autograd.grad`, so nothing accumulates into the defender's gradients; the graph is kept for the
+        defender's backward.
+        """
+        if not self.learns_lr:
+            return None
+        (grad,) = torch.autograd.grad(out.attack, [self.log_lr], retain_graph=True, materialize_grads=True)
+        return grad
+
+    def attacker_step(self, grad: torch.Tensor) -> None:
+        """The simulated attacker's own Adam step on its log inner lr (descending its harmful loss), then the clamp."""
+        self.lr_optimizer.zero_grad(set_to_none=True)
+        self.log_lr.grad = grad.detach().clone()
+        self.lr_optimizer.step()
+        self.log_lr.grad = None
+        with torch.no_grad():
+            low, high = (math.log(v) for v in self.p.inner_lr_bounds)
+            self.log_lr.clamp_(low, high)
+
+    def defender_step(self, out: MetaLoss) -> None:
+        """The defender's clipped Adam step on the encoder and desired head; the inner lr gets no gradient from it."""
+        self.optimizer.zero_grad(set_to_none=True)
+        out.total.backward(inputs=self.outer_params)
+        torch.nn.utils.clip_grad_norm_(self.outer_params, self.p.grad_clip)
+        self.optimizer.step()
+
     def step(self) -> dict[str, float]:
         p = self.p
         desired, inner, held_out, setting, lr = self.sample()
         out = meta_loss(self.model, self.harm, self.head_init(), setting, lr, desired, inner, held_out, p)
-        self.optimizer.zero_grad(set_to_none=True)
-        out.total.backward()
-        torch.nn.utils.clip_grad_norm_(self.outer_params, p.grad_clip)
-        self.optimizer.step()
-        with torch.no_grad():
-            low, high = (math.log(v) for v in p.inner_lr_bounds)
-            self.log_lr.clamp_(low, high)
+        lr_grad = self.attacker_gradient(out)  # before the defender's step changes the weights in place
+        self.defender_step(out)
+        if lr_grad is not None:
+            self.attacker_step(lr_grad)
         if p.harmful_head == "learned":
             # The adversary: the persistent head learns to predict harm from the (pre-update) encoder's features.
             self.head_optimizer.zero_grad(set_to_none=True)
@@ -346,19 +390,26 @@ class CensorTrainer:
         tensors["log_lr"] = self.log_lr.detach().clone()
         tensors.update(optimizer_tensors(self.optimizer, "outer"))
         tensors.update(optimizer_tensors(self.head_optimizer, "head_opt"))
+        tensors.update(optimizer_tensors(self.lr_optimizer, "lr_opt"))
         # The run draws all its randomness from this generator (eval mode: no dropout), never from the global torch
         # or numpy generators, so its state is the only random state a continuation needs.
         tensors["rng/sampler"] = self.generator.get_state()
-        return tensors, params_metadata(self.p)
+        return tensors, {**params_metadata(self.p), "inner_lr_objective": INNER_LR_OBJECTIVE}
 
     def load(self, step: int, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
         check_params(metadata, self.p)
-        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
-        self.harm.head.load_state_dict({k[10:]: v for k, v in tensors.items() if k.startswith("harm_head/")})
+        if self.learns_lr and metadata.get("inner_lr_objective") != INNER_LR_OBJECTIVE:
+            raise ValueError(
+                "checkpoint was written by an older mlac whose learned inner lr followed the defender's objective; "
+                "it cannot continue this training (delete the defense's work folder to start afresh)"
+            )
+        self.model.load_state_dict(tensors_with_prefix(tensors, "model/"))
+        self.harm.head.load_state_dict(tensors_with_prefix(tensors, "harm_head/"))
         with torch.no_grad():
             self.log_lr.copy_(tensors["log_lr"])
         load_optimizer_tensors(self.optimizer, tensors, "outer")
         load_optimizer_tensors(self.head_optimizer, tensors, "head_opt")
+        load_optimizer_tensors(self.lr_optimizer, tensors, "lr_opt")
         self.generator.set_state(tensors["rng/sampler"])
         self.step_count = step
 
@@ -379,6 +430,12 @@ class Mlac(Defense):
 
     def total_steps(self) -> int:
         return self.params.steps
+
+    def variant(self) -> str | None:
+        """`first-order` for first-order MLAC, a different method (with probe attackers, adversarial censoring
+        against a freshly trained head), so its rows are never read as MLAC's."""
+        p = self.params
+        return "first-order" if p.first_order and p.inner_steps > 0 else None
 
     def train(self, ctx: DefenseContext) -> dict[str, torch.Tensor]:
         return train_censoring(self.params, ctx, self.name)

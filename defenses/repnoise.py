@@ -48,6 +48,7 @@ from harness.resumable import (
     load_optimizer_tensors,
     optimizer_tensors,
     params_metadata,
+    tensors_with_prefix,
     train_resumable,
 )
 
@@ -160,8 +161,8 @@ class RepNoiseTrainer:
 
     def load(self, step: int, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
         check_params(metadata, self.p)
-        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
-        self.harm_head.load_state_dict({k[10:]: v for k, v in tensors.items() if k.startswith("harm_head/")})
+        self.model.load_state_dict(tensors_with_prefix(tensors, "model/"))
+        self.harm_head.load_state_dict(tensors_with_prefix(tensors, "harm_head/"))
         load_optimizer_tensors(self.optimizer, tensors, "opt")
         load_optimizer_tensors(self.head_optimizer, tensors, "head_opt")
         self.generator.set_state(tensors["rng"])

@@ -59,6 +59,7 @@ from harness.resumable import (
     load_optimizer_tensors,
     optimizer_tensors,
     params_metadata,
+    tensors_with_prefix,
     train_resumable,
 )
 
@@ -259,7 +260,7 @@ class SophonTrainer:
 
     def load(self, step: int, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
         check_params(metadata, self.p)
-        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
+        self.model.load_state_dict(tensors_with_prefix(tensors, "model/"))
         load_optimizer_tensors(self.suppress_optimizer, tensors, "suppress_opt")
         load_optimizer_tensors(self.desired_optimizer, tensors, "desired_opt")
         self.generator.set_state(tensors["rng"])

@@ -77,6 +77,11 @@ class Defense(ABC):
         """Training steps, for the progress bar (0 when unknown)."""
         return 0
 
+    def variant(self) -> str | None:
+        """A short label the reports show next to the defense's name wherever its rows appear (`mlac [first-order]`),
+        when these parameters make it a different method from the one its name promises; None otherwise."""
+        return None
+
     @abstractmethod
     def train(self, ctx: DefenseContext) -> dict[str, torch.Tensor]:
         """The defended encoder's state dict (same architecture as the base encoder)."""

@@ -66,6 +66,11 @@ def check_params(metadata: dict[str, Any], params: BaseModel) -> None:
         raise ValueError(f"checkpoint was written with other parameters: {saved} != {ours}")
 
 
+def tensors_with_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The checkpoint tensors named `prefix...` (e.g. "model/"), with the prefix removed: a state dict to load."""
+    return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+
+
 def optimizer_tensors(optimizer: torch.optim.Optimizer, prefix: str) -> dict[str, torch.Tensor]:
     """An optimizer's per-parameter state as flat named tensors (`prefix/index/key`), for a checkpoint."""
     out = {}

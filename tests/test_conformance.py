@@ -70,7 +70,14 @@ class Salted(Defense):
 
 
 def test_a_sound_defense_passes():
-    state = check_defense("bert", params={"steps": 2, "batch_size": 8}, invalid_params=[{"lr": 0}, {"steps": -1}])
+    state = check_defense(
+        "bert", params={"steps": 2, "batch_size": 8}, invalid_params=[{"lr": 0}, {"steps": -1}, {"grad_clip": 0}]
+    )
+    assert "embeddings.word_embeddings.weight" in state
+
+
+def test_the_trainer_style_bert_variant_conforms():
+    state = check_defense("bert-trainer", params={"steps": 2, "batch_size": 8}, invalid_params=[{"weight_decay": -1}])
     assert "embeddings.word_embeddings.weight" in state
 
 

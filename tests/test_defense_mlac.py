@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from defenses.adversarial import Adversarial, AdversarialParams, as_mlac
-from defenses.bert import Bert, BertParams
+from defenses.bert import Bert, BertParams, BertTrainer, BertTrainerParams, as_censoring
 from defenses.mlac import (
     CensorTrainer,
     Mlac,
@@ -75,9 +75,11 @@ def splits() -> dict[str, TokenizedSplit]:
     return {"defense": synthetic(400, 0), "attack": synthetic(200, 1), "test": synthetic(400, 2)}
 
 
-def context(train: TokenizedSplit, folder: Path, every: int = 1000, progress=None, seed: int = 0) -> DefenseContext:
+def context(
+    train: TokenizedSplit, folder: Path, every: int = 1000, progress=None, seed: int = 0, model: ModelConfig = CFG
+) -> DefenseContext:
     return DefenseContext(
-        model=CFG, train=train, harmful="gender", desired="profession", num_labels=dict(NUM_LABELS), seed=seed,
+        model=model, train=train, harmful="gender", desired="profession", num_labels=dict(NUM_LABELS), seed=seed,
         device=torch.device("cpu"), progress=progress or (lambda step, metrics: None),
         checkpoint=FileCheckpointer(folder, every),
     )
@@ -104,8 +106,9 @@ def _meta_problem(splits, setting: AttackSetting, p: MlacParams):
     held_out = make_batch(train, torch.arange(100, 112), "gender", cpu)
     log_lr = torch.tensor(math.log(setting.lr), dtype=torch.float64, requires_grad=True)
 
-    def loss(compact_vocab: bool = True) -> torch.Tensor:
-        return meta_loss(model, harm, head, setting, log_lr.exp(), desired, inner, held_out, p, compact_vocab).total
+    def loss(compact_vocab: bool = True, part: str = "total") -> torch.Tensor:
+        out = meta_loss(model, harm, head, setting, log_lr.exp(), desired, inner, held_out, p, compact_vocab)
+        return getattr(out, part)  # total: the defender's loss; attack: the attacker's
 
     variables = [t for n, t in model.named_parameters() if not n.startswith("encoder.pooler.")] + [log_lr]
     return loss, variables
@@ -149,8 +152,36 @@ def test_meta_gradient_matches_finite_differences(splits, adapt, optimizer, weig
 
     numeric = (shifted(1.0) - shifted(-1.0)) / (2 * eps)
     assert analytic == pytest.approx(numeric, rel=1e-4)
-    # The learned inner lr gets a real gradient: the outer loss depends on how far the attacker moved.
+    # The outer loss depends on how far the attacker moved (the defender does not train the lr, but it is real).
     assert abs(float(grads[-1])) > 1e-6
+
+
+@pytest.mark.parametrize("first_order, steps", [(False, 3), (True, 1), (True, 3)])
+def test_attacker_gradient_of_the_inner_lr(splits, first_order, steps):
+    """d(adapted harmful CE) / d(log inner lr): exact (finite differences) second-order, and first-order at K=1 (the
+    lr scales the one update, whose gradient does not depend on it). At K=3 first-order it is the derivative along
+    the inner updates with their directions held fixed: nonzero, but it may even differ in sign from the exact one."""
+    setting = AttackSetting(lr=3e-2, steps=steps, batch_size=8, adapt="full", optimizer="adam")
+    p = MlacParams(inner_steps=steps, first_order=first_order)
+    loss, variables = _meta_problem(splits, setting, p)
+    log_lr = variables[-1]
+    (analytic,) = torch.autograd.grad(loss(part="attack"), [log_lr])
+    eps = 1e-6
+
+    def at(shift: float) -> float:
+        with torch.no_grad():
+            log_lr.add_(shift)
+        value = float(loss(part="attack").detach())
+        with torch.no_grad():
+            log_lr.sub_(shift)
+        return value
+
+    numeric = (at(eps) - at(-eps)) / (2 * eps)
+    assert abs(numeric) > 1e-3  # the adapted harmful loss really depends on the lr here
+    if first_order and steps > 1:
+        assert torch.isfinite(analytic) and abs(float(analytic)) > 1e-3
+    else:
+        assert float(analytic) == pytest.approx(numeric, rel=1e-5)
 
 
 def test_first_order_drops_the_second_order_terms(splits):
@@ -248,6 +279,144 @@ def test_params_reject_a_degenerate_setup():
         MlacParams(unknown=1)
 
 
+# -- bert, the matched control ----------------------------------------------------------------------------------------
+OUTER = {"steps": 4, "lr": 1e-3, "batch_size": 16, "grad_clip": 0.5}  # a clip this small is active
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_bert_is_adversarial_with_the_censoring_term_off(splits, tmp_path, pooling):
+    """Same optimizer, schedule, clip, batch, steps, seed, draws and pooling: bit-identical encoder weights."""
+    model = CFG.model_copy(update={"pooling": pooling})
+    bert = Bert(BertParams(**OUTER)).train(context(splits["defense"], tmp_path / "bert", model=model))
+    adversarial = Adversarial(AdversarialParams(**OUTER, harmful_weight=0.0)).train(
+        context(splits["defense"], tmp_path / "adv", model=model)
+    )
+    assert_same_state(bert, adversarial)
+    name = "encoder.layer.0.output.dense.weight"
+    assert not torch.equal(bert[name], build_encoder(CFG).state_dict()[name])
+    censored = Adversarial(AdversarialParams(**OUTER)).train(context(splits["defense"], tmp_path / "c", model=model))
+    assert not torch.equal(bert[name], censored[name])  # the censoring term is what differs
+
+
+def test_bert_honours_pooling(splits, tmp_path):
+    mean, cls = (
+        Bert(BertParams(**OUTER)).train(
+            context(splits["defense"], tmp_path / pooling, model=CFG.model_copy(update={"pooling": pooling}))
+        )
+        for pooling in ("mean", "cls")
+    )
+    name = "encoder.layer.0.output.dense.weight"
+    assert not torch.equal(mean[name], cls[name])
+
+
+def test_bert_is_plain_desired_task_adam_with_clip(splits, tmp_path):
+    """An independent loop (desired-task cross-entropy, Adam at a constant rate, global-norm clip) on the control's
+    batches gives bit for bit the weights `bert` trains: the skipped censoring forward changes nothing."""
+    p = as_censoring(BertParams(**OUTER))
+    assert (p.harmful_weight, p.inner_steps) == (0.0, 0)
+    bert = Bert(BertParams(**OUTER)).train(context(splits["defense"], tmp_path / "bert"))
+    ref = CensorTrainer(p, context(splits["defense"], tmp_path / "ref"))
+    assert [g["lr"] for g in ref.optimizer.param_groups] == [OUTER["lr"]]
+    assert type(ref.optimizer) is torch.optim.Adam and ref.optimizer.defaults["weight_decay"] == 0
+    for _ in range(OUTER["steps"]):
+        desired, *_ = ref.sample()
+        ref.optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(ref.model(desired.input_ids, desired.attention_mask), desired.labels).backward()
+        torch.nn.utils.clip_grad_norm_(ref.model.parameters(), OUTER["grad_clip"])
+        ref.optimizer.step()
+    assert_same_state(bert, ref.model.encoder.state_dict())
+
+
+def test_bert_trainer_is_the_labelled_trainer_style_variant(splits, tmp_path):
+    """`bert-trainer` keeps the Trainer-style fine-tuning (AdamW, weight decay, warmup, linear decay): registered,
+    documented as not the control, and a different encoder from `bert`."""
+    from harness.registry import DEFENSES
+
+    assert DEFENSES.get("bert-trainer") is BertTrainer
+    assert "NOT the matched control" in BertTrainer.__doc__
+    raw = {"steps": 4, "lr": 1e-3, "batch_size": 16}
+    trained = BertTrainer(BertTrainerParams(**raw)).train(context(splits["defense"], tmp_path / "t"))
+    model = Classifier(build_encoder(CFG), NUM_LABELS["profession"])
+    model.reset_head(torch.Generator().manual_seed(0))
+    setting = AttackSetting(lr=1e-3, steps=4, batch_size=16, adapt="full", optimizer="adamw", weight_decay=0.01,
+                            warmup_frac=0.1, schedule="linear")
+    fit(model, splits["defense"], "profession", setting, seed=0)
+    assert_same_state(trained, model.encoder.state_dict())
+    bert = Bert(BertParams(**raw)).train(context(splits["defense"], tmp_path / "b"))
+    name = "encoder.layer.0.output.dense.weight"
+    assert not torch.equal(trained[name], bert[name])
+    with pytest.raises(ValueError):
+        BertParams(weight_decay=0.01)  # the control has no knobs the censoring defenses lack
+
+
+def test_variant_labels_first_order_mlac():
+    assert Mlac(MlacParams(first_order=True)).variant() == "first-order"
+    assert Mlac(MlacParams()).variant() is None
+    assert Mlac(MlacParams(first_order=True, inner_steps=0, harmful_head="learned")).variant() is None  # that is AC
+    assert Adversarial(AdversarialParams()).variant() is None
+    assert Bert(BertParams()).variant() is None
+    assert BertTrainer(BertTrainerParams()).variant() is None
+
+
+# -- the learned inner lr serves the attacker -------------------------------------------------------------------------
+LEARNED = {"steps": 3, "lr": 1e-3, "batch_size": 12, "inner_steps": 2, "inner_batch_sizes": (8,),
+           "inner_lr_init": 1e-3, "inner_lr_bounds": (1e-5, 1.0), "inner_lr_lr": 0.1}
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+@pytest.mark.parametrize("init", [1e-4, 3e-3])  # below and above the rate the first step's attacker does best at
+def test_learned_inner_lr_descends_the_attackers_loss(splits, tmp_path, first_order, init):
+    """After one step the log inner lr has moved (by Adam's first step, inner_lr_lr) the way that lowers the adapted
+    model's harmful loss on that step's batches: the simulated attacker got stronger."""
+    p = MlacParams(**{**LEARNED, "inner_lr_init": init}, first_order=first_order)
+    trainer = CensorTrainer(p, context(splits["defense"], tmp_path / "a"))
+    twin = CensorTrainer(p, context(splits["defense"], tmp_path / "b"))  # the same state, before the step
+    assert all(t is not trainer.log_lr for g in trainer.optimizer.param_groups for t in g["params"])
+    before = trainer.log_lr.item()
+    trainer.step()
+    after = trainer.log_lr.item()
+    assert abs(after - before) == pytest.approx(p.inner_lr_lr, rel=1e-4)
+
+    desired, inner, held_out, setting, _ = twin.sample()
+    head = twin.head_init()
+
+    def attacker_loss(log_lr: float) -> float:
+        lr = torch.tensor(log_lr).exp()
+        return float(meta_loss(twin.model, twin.harm, head, setting, lr, desired, inner, held_out, p).harmful_ce)
+
+    assert attacker_loss(after) < attacker_loss(before)
+    assert attacker_loss(after) < attacker_loss(2 * before - after)  # the other way would have helped it less
+
+
+def test_defender_and_attacker_steps_move_only_their_own_variables(splits, tmp_path):
+    p = MlacParams(**LEARNED)
+    trainer = CensorTrainer(p, context(splits["defense"], tmp_path / "a"))
+    desired, inner, held_out, setting, lr = trainer.sample()
+    out = meta_loss(trainer.model, trainer.harm, trainer.head_init(), setting, lr, desired, inner, held_out, p)
+    grad = trainer.attacker_gradient(out)
+    assert grad is not None and float(grad) != 0
+    assert all(t.grad is None for t in trainer.model.parameters())  # nothing accumulated into the defender's
+    log_lr = trainer.log_lr.item()
+    weights = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+    trainer.defender_step(out)  # the defender alone
+    assert trainer.log_lr.item() == log_lr and trainer.log_lr.grad is None
+    moved = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    assert not torch.equal(moved["encoder.encoder.layer.0.output.dense.weight"],
+                           weights["encoder.encoder.layer.0.output.dense.weight"])
+
+    trainer.attacker_step(grad)  # the attacker alone
+    assert trainer.log_lr.item() != log_lr
+    assert_same_state(moved, trainer.model.state_dict())
+
+
+def test_sampled_inner_lr_has_nothing_to_learn(splits, tmp_path):
+    trainer = CensorTrainer(MlacParams(**LEARNED, inner_lr="sampled"), context(splits["defense"], tmp_path / "a"))
+    before = trainer.log_lr.item()
+    trainer.step()
+    assert trainer.log_lr.item() == before and not trainer.lr_optimizer.state
+
+
 # -- checkpoints ------------------------------------------------------------------------------------------------------
 class Interrupted(Exception):
     pass
@@ -277,9 +446,14 @@ def test_resume_after_interruption_is_bit_identical(splits, tmp_path):
     assert resumed_steps == [5, 6]
     assert_same_state(straight, resumed)
     # The whole training state agrees too: optimizers, learned lr, persistent head, generator.
-    _, a, _ = FileCheckpointer(tmp_path / "straight", 2).load()
+    step, a, metadata = FileCheckpointer(tmp_path / "straight", 2).load()
     _, b, _ = FileCheckpointer(folder, 2).load()
     assert_same_state(a, b)
+    assert {"lr_opt/0/exp_avg", "lr_opt/0/exp_avg_sq", "lr_opt/0/step"} <= set(a)  # the attacker's own Adam
+    # A checkpoint from before the inner lr had its own optimizer cannot continue this training.
+    old = {k: v for k, v in metadata.items() if k != "inner_lr_objective"}
+    with pytest.raises(ValueError, match="older mlac"):
+        CensorTrainer(p, context(splits["defense"], tmp_path / "old")).load(step, a, old)
 
 
 # -- the effect -------------------------------------------------------------------------------------------------------
