@@ -437,5 +437,9 @@ class Mlac(Defense):
         p = self.params
         return "first-order" if p.first_order and p.inner_steps > 0 else None
 
+    def training_revision(self) -> int:
+        # 1: the learned inner lr moved from the defender's optimizer to its own, on the attacker's objective.
+        return 1 if self.params.inner_lr == "learned" and self.params.inner_steps > 0 else 0
+
     def train(self, ctx: DefenseContext) -> dict[str, torch.Tensor]:
         return train_censoring(self.params, ctx, self.name)

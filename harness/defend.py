@@ -69,6 +69,8 @@ def defense_key(cfg: ExperimentConfig, spec: DefenseSpec, data_fingerprint: str,
         "tasks": [cfg.tasks.harmful, cfg.tasks.desired],
         "seed": seed,
     }
+    if defense.training_revision():
+        payload["revision"] = defense.training_revision()
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

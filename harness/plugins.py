@@ -82,6 +82,11 @@ class Defense(ABC):
         when these parameters make it a different method from the one its name promises; None otherwise."""
         return None
 
+    def training_revision(self) -> int:
+        """Raised when the training these parameters select changed, so weights cached by the old code are not
+        reused (the cache key holds it when non-zero; 0 keeps the keys of weights cached before it existed)."""
+        return 0
+
     @abstractmethod
     def train(self, ctx: DefenseContext) -> dict[str, torch.Tensor]:
         """The defended encoder's state dict (same architecture as the base encoder)."""

@@ -78,3 +78,18 @@ def test_rows_record_the_pools_they_came_from(two_seed_run: Path) -> None:
         assert row["budget_pool"] and row["validation_pool"] and row["test_pool"]
         assert len({row["budget_pool"], row["validation_pool"], row["test_pool"]}) == 3
         assert row["validation_rows"] == 120  # smoke's validation_size
+
+
+def test_weights_cached_by_an_older_training_are_not_reused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLAC's learned inner lr changed optimizer: its cache key changes with it, other keys stay as they were."""
+    from defenses.mlac import Mlac
+    from harness.config import DefenseSpec
+    from harness.defend import defense_key
+
+    cfg = load_config(SMOKE)
+    learned = DefenseSpec(name="mlac", params={"inner_lr": "learned", "inner_steps": 1})
+    sampled = DefenseSpec(name="mlac", params={"inner_lr": "sampled", "inner_steps": 1})
+    now = {spec.params["inner_lr"]: defense_key(cfg, spec, "data", 0) for spec in (learned, sampled)}
+    monkeypatch.setattr(Mlac, "training_revision", lambda self: 0)
+    before = {spec.params["inner_lr"]: defense_key(cfg, spec, "data", 0) for spec in (learned, sampled)}
+    assert now["learned"] != before["learned"] and now["sampled"] == before["sampled"]
