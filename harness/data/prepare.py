@@ -107,7 +107,7 @@ def carve_pools(cfg: ExperimentConfig, corpus) -> Pools:
     carved["test"] = subsample(lengths[test_split], data.test_size, _SEED_TEST)
     splits = {"defense": data.DEFENSE_SPLIT, "attack": pool_split, "validation": val_split, "test": test_split}
 
-    seen: set[str] = set()
+    seen: dict[str, str] = {}  # text -> the first pool holding it
     rows: dict[str, np.ndarray] = {}
     dropped: dict[str, int] = {}
     for name in POOLS:
@@ -118,11 +118,13 @@ def carve_pools(cfg: ExperimentConfig, corpus) -> Pools:
         dropped[name] = int(len(idx) - keep.sum())
         if len(idx) and not keep.any():
             field = {"attack": "attacker_pool_split", "validation": "validation_split", "test": "test_split"}[name]
+            earlier = sorted({seen[t] for t in texts}, key=POOLS.index)
             raise UserError(
                 f"data.{field}: all {len(idx)} rows of the {name} pool (split '{splits[name]}') repeat texts of "
-                f"earlier pools ({', '.join(POOLS[: POOLS.index(name)])}): the splits overlap"
+                f"earlier pools ({', '.join(earlier)}): the splits overlap"
             )
-        seen.update(texts)
+        for t in texts:
+            seen.setdefault(t, name)
     if any(dropped.values()):
         log.info("rows dropped for repeating a text of an earlier pool: %s",
                     ", ".join(f"{n} {c}" for n, c in dropped.items() if c))
