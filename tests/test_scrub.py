@@ -63,7 +63,8 @@ CASES = [
     ("MS JANE DOE", "MX JANE DOE"),
     # the degree and the verb in other cases survive
     ("She earned an MS Nursing degree and uses MS Office.", "They earned an MS Nursing degree and uses MS Office."),
-    ("Students never miss class; ms thesis drafts; MISS a deadline", "Students never miss class; ms thesis drafts; MISS a deadline"),
+    ("Students never miss class; ms thesis drafts; MISS a deadline",
+     "Students never miss class; ms thesis drafts; MISS a deadline"),
 ]  # fmt: skip
 
 

@@ -11,7 +11,8 @@ Sources, by `DataConfig.source` (or `DataConfig.files`, which wins):
 
 Local Parquet is read with pyarrow and wrapped as in-memory datasets rather than going through
 `load_dataset("parquet")`: that avoids writing an Arrow copy into the user's cache on every new file and keeps the
-bundled corpus well under a second. Every problem with the data is a `UserError` naming the file, column or value.
+bundled corpus well under a second. Every problem with the data is a `UserError` naming the file, column or value;
+empty or whitespace-only texts are one (`DataConfig.blank_texts: error`) unless the config says to drop them.
 """
 
 from __future__ import annotations

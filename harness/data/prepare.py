@@ -191,7 +191,9 @@ def check_pools(cfg: ExperimentConfig, pools: Pools) -> None:
             raise UserError(f"data.{field}: the {name} pool (split '{info[name].split}') has no rows")
 
 
-def budget_samples(cfg: ExperimentConfig, labels: dict[str, np.ndarray]) -> dict[tuple[str, int], dict[int, np.ndarray]]:
+def budget_samples(
+    cfg: ExperimentConfig, labels: dict[str, np.ndarray]
+) -> dict[tuple[str, int], dict[int, np.ndarray]]:
     """Per (task, seed) of the attacked tasks: budget -> sorted row indices into the attacker's pool."""
     from harness.data.budgets import nested_stratified_samples
 

@@ -2,8 +2,8 @@
 
 `scrub` rewrites he/she/him/her/his/hers/himself/herself (any case: he, He, HE; next to punctuation: "her.",
 "(his", "he's", "she'd", with straight or curly apostrophes) and the titles Mr./Mrs./Ms./Miss (any case: MRS.,
-mr., MISS) to singular they and "Mx.", keeping each word's capitalisation. English needs a few decisions that plain substitution gets wrong; the
-approximations made here, all symmetric between he and she unless noted:
+mr., MISS) to singular they and "Mx.", keeping each word's capitalisation. English needs a few decisions that plain
+substitution gets wrong; the approximations made here, all symmetric between he and she unless noted:
 
 - Subject verb agreement is fixed for the common simple cases: "he is/was/has/does" (and their "n't" forms) become
   "they are/were/have/do", and a present-tense verb right after the pronoun loses its third-person "-s" ("she works"
@@ -25,14 +25,15 @@ approximations made here, all symmetric between he and she unless noted:
   capitalised word (a name), so "MS in nursing" and "miss a deadline" are left alone. Bare all-caps "MS" is mostly
   the degree ("MS Nursing", "MS Office"), so it is rewritten only before an all-caps word ("MS JANE DOE"). A dotted
   "MS." ending a sentence about the degree becomes "MX." too, and "never miss Sunday mass" becomes "never mx.
-  Sunday mass": ungrammatical, never gendered, applied to every bio alike. All-caps pronouns are
-  rewritten too ("HE" -> "THEY"), which also catches the rare acronym ("HE" for higher education); harmless, since
-  it is applied to every bio alike.
+  Sunday mass": ungrammatical, never gendered, applied to every bio alike. All-caps pronouns are rewritten too
+  ("HE" -> "THEY"), which also catches the rare acronym ("HE" for higher education); harmless, since it is applied
+  to every bio alike.
 
 `count_gendered` counts the pronouns and titles that remain. It casts a slightly wider net than `scrub` rewrites:
-bare "Mr"/"Mrs"/"Ms" and capitalised "Miss" count wherever they stand (other cases where `scrub` rewrites them), so a non-zero count on a scrubbed corpus
-points at titles the rules deliberately left (not before a name) or text they did not see. `count_by_gender` splits
-the same counts into male and female words, used to check which label value means which gender.
+bare "Mr"/"Mrs"/"Ms" and capitalised "Miss" count wherever they stand (their other cases where `scrub` rewrites
+them), so a non-zero count on a scrubbed corpus points at titles the rules deliberately left (not before a name)
+or text they did not see. `count_by_gender` splits the same counts into male and female words, used to check which
+label value means which gender.
 """
 
 from __future__ import annotations
