@@ -131,8 +131,8 @@ class Clock:
 # Consecutive phases of `sdm run` on one cell, in `harness.runner.run_experiment`'s order: each ends where the
 # named call starts (">") or ends ("<").
 SDM_PHASES = [
-    ("imports, config checks", "_prepare_data>"),
-    ("data: load, tokenize", "_prepare_data<"),
+    ("imports, config checks", "prepare_data>"),
+    ("data: load, tokenize", "prepare_data<"),
     ("base model: load, fingerprint", "base_fingerprint<"),
     ("engine imports, Ray start, run files", "_start_ray<"),
     ("worker pool start", "__init__<"),
@@ -151,6 +151,7 @@ def run_sdm(opts: argparse.Namespace, grid: list[dict[str, Any]], workdir: Path,
     import ray.tune
     from ray.tune.search.optuna import OptunaSearch
 
+    import harness.data.prepare
     import harness.defend
     import harness.models
     import harness.runner
@@ -165,7 +166,7 @@ def run_sdm(opts: argparse.Namespace, grid: list[dict[str, Any]], workdir: Path,
     harness.search.OptunaSearch = functools.partial(
         OptunaSearch, points_to_evaluate=[{k: c[k] for k in keys} for c in grid]
     )
-    for owner, name in [(harness.runner, "_prepare_data"), (harness.runner, "_start_ray"),
+    for owner, name in [(harness.data.prepare, "prepare_data"), (harness.runner, "_start_ray"),
                         (harness.models, "base_fingerprint"), (WorkerPool, "__init__"),
                         (harness.defend, "load_defended"), (harness.search, "run_cell"),
                         (ray.tune.Tuner, "fit"), (WorkerPool, "run_all")]:
@@ -217,7 +218,7 @@ def run_trainer(opts: argparse.Namespace, grid: list[dict[str, Any]], workdir: P
     from harness.classifier import Classifier
     from harness.config import ExperimentConfig
     from harness.models import build_encoder, load_tokenizer
-    from harness.runner import _prepare_data
+    from harness.data.prepare import prepare_data
 
     if opts.trainer_threads:
         torch.set_num_threads(opts.trainer_threads)
@@ -225,8 +226,8 @@ def run_trainer(opts: argparse.Namespace, grid: list[dict[str, Any]], workdir: P
     task = cfg.tasks.harmful
     num_labels = cfg.data.labels[task]
     # The rows sdm-bench's cell trains and validates on (same sampling code, same seeds).
-    prepared = _prepare_data(cfg)
-    train = prepared.train.subset(prepared.budget_rows[(task, SEED)][opts.budget])
+    prepared = prepare_data(cfg)
+    train = prepared.attack_pool.subset(prepared.budget_rows[(task, SEED)][opts.budget])
 
     def dataset(split: Any) -> Dataset:
         ids = [split.ids[a:b].tolist() for a, b in zip(split.offsets[:-1], split.offsets[1:])]

@@ -136,15 +136,16 @@ def defend(
     """Train (or find in the cache) one defense of a config and print the weights' path."""
     from harness.defend import train_defense
     from harness.errors import did_you_mean
-    from harness.runner import _prepare_data, validate_plugins
+    from harness.data.prepare import prepare_data
+    from harness.runner import validate_plugins
 
     cfg = _load(config, set_)
     validate_plugins(cfg, str(config))
     specs = {d.cell_name: d for d in cfg.defenses}
     if defense not in specs:
         raise UserError(f"{config}: no defense '{defense}' in this config{did_you_mean(defense, specs)}")
-    prepared = _prepare_data(cfg)
-    weights = train_defense(cfg, specs[defense], prepared.train, prepared.fingerprint, 0)
+    prepared = prepare_data(cfg)
+    weights = train_defense(cfg, specs[defense], prepared.defense_train, prepared.fingerprint, 0)
     how = "cached" if weights.cached else f"trained in {weights.train_seconds:.1f}s"
     typer.echo(f"defense {defense}: {how} (weights fingerprint {weights.fingerprint})", err=True)
     typer.echo(str(weights.path))

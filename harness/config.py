@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -60,6 +60,9 @@ class SplitFiles(Strict):
 
 
 class DataConfig(Strict):
+    # The split every defense trains on; the attacker's pool, validation and test are held out from it.
+    DEFENSE_SPLIT: ClassVar[str] = "train"
+
     source: str = Field("standin", description="'standin', a directory, a glob with {split}, or a hub id")
     files: SplitFiles | None = Field(None, description="explicit Parquet files per split (overrides source)")
     text_column: str = "hard_text"
@@ -68,10 +71,20 @@ class DataConfig(Strict):
         description="label column -> number of classes",
     )
     scrub_pronouns: bool = True
+    blank_texts: Literal["error", "drop"] = Field(
+        "error", description="rows whose text is empty or whitespace only: refuse the corpus, or drop them (counted)"
+    )
     validation_split: str = "dev"
     test_split: str = "test"
     validation_size: int = Field(1000, gt=0, description="rows subsampled from the validation split")
     test_size: int = Field(2000, gt=0, description="rows subsampled from the test split")
+    attacker_pool_split: str | None = Field(
+        None, description="split the attacker's pool (every budget sample) is carved from; default: the validation "
+        "split, disjointly from the validation rows"
+    )
+    attacker_pool_size: int | None = Field(
+        None, gt=0, description="rows of the attacker's pool; default: every row of its split not taken by validation"
+    )
 
     @field_validator("labels")
     @classmethod
@@ -80,6 +93,32 @@ class DataConfig(Strict):
             if n < 2:
                 raise ValueError(f"label column '{column}' needs at least 2 classes, got {n}")
         return labels
+
+    @model_validator(mode="after")
+    def _disjoint_splits(self) -> "DataConfig":
+        # Defenses train on `train`; no other pool may read it, and the attacker's pool never reads the test split.
+        for name in ("validation_split", "test_split", "attacker_pool_split"):
+            if getattr(self, name) == self.DEFENSE_SPLIT:
+                raise ValueError(
+                    f"data.{name} is '{self.DEFENSE_SPLIT}', the split every defense trains on: the attacker's pool, "
+                    "validation and test must be held out from it"
+                )
+        if self.pool_split == self.test_split:
+            if self.attacker_pool_split is None:
+                raise ValueError(
+                    f"data.validation_split and data.test_split are both '{self.test_split}': the attacker's pool "
+                    "(data.attacker_pool_split, default the validation split) must be apart from the test split"
+                )
+            raise ValueError(
+                f"data.attacker_pool_split is '{self.test_split}', the test split: the attacker's pool must be "
+                "apart from the test split"
+            )
+        return self
+
+    @property
+    def pool_split(self) -> str:
+        """The split the attacker's pool is carved from (`attacker_pool_split`, default the validation split)."""
+        return self.attacker_pool_split or self.validation_split
 
 
 class Tasks(Strict):

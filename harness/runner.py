@@ -13,13 +13,16 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from harness.config import ExperimentConfig
 from harness.errors import UserError
 from harness.search import Cell
+
+if TYPE_CHECKING:
+    from harness.data.prepare import PreparedData
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +147,9 @@ def run_experiment(
     attacks = validate_plugins(cfg, origin)
     check_run_dir(cfg, run_dir)
     plan = plan_cells(cfg, run_dir)
-    prepared = _prepare_data(cfg)  # validates data and budgets before anything is written
+    from harness.data.prepare import prepare_data
+
+    prepared = prepare_data(cfg)  # validates data, pools and budgets before anything is written
     from harness.models import base_fingerprint
 
     base_fingerprint(cfg.model)  # loads the base weights (cached for the run): a model that cannot load fails here
@@ -166,50 +171,6 @@ def run_experiment(
             tables = {"trials": run_dir / "trials", "cells": write_cells_table(run_dir)}
             return RunSummary(run_dir, 0, len(plan.cells), [], time.perf_counter() - started, tables, prepared.pools)
         return _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, started)
-
-
-@dataclass
-class PreparedData:
-    corpus_source: str
-    fingerprint: str
-    train: Any  # TokenizedSplit of the whole training pool
-    val: Any
-    test: Any
-    budget_rows: dict[tuple[str, int], dict[int, np.ndarray]]  # (task, seed) -> budget -> training-pool rows
-
-
-def _prepare_data(cfg: ExperimentConfig) -> PreparedData:
-    from harness.data.budgets import nested_stratified_samples, subsample
-    from harness.data.loader import load_corpus
-    from harness.models import load_tokenizer
-    from harness.tokenized import tokenize
-
-    from harness.defend import cache_root
-
-    corpus = load_corpus(cfg.data, cache_dir=cache_root(cfg) / "data")
-    tokenizer = load_tokenizer(cfg.model)
-    columns = list(cfg.data.labels)
-
-    def tokenized(split: str, size: int | None, seed: int):
-        data = corpus.splits[split]
-        if size is not None:
-            data = data.select(subsample(len(data), size, seed).tolist())
-        return tokenize(data["text"], {c: np.asarray(data[c]) for c in columns}, tokenizer, cfg.model.max_length)
-
-    train = tokenized("train", None, 0)
-    val = tokenized(cfg.data.validation_split, cfg.data.validation_size, 1)
-    test = tokenized(cfg.data.test_split, cfg.data.test_size, 2)
-    if cfg.search.selection == "reference":
-        val = test  # the reference protocol: select and report on one split (optimistic, kept for comparison)
-    roles = {"harmful": cfg.tasks.harmful, "desired": cfg.tasks.desired}
-    budget_rows = {}
-    for role in cfg.tasks.attacked:
-        task = roles[role]
-        for seed in cfg.seeds:
-            budget_rows[(task, seed)] = nested_stratified_samples(
-                train.labels[task], cfg.budgets_for(role), seed, cfg.data.labels[task]
-            )
-    return PreparedData(corpus.source, corpus.fingerprint, train, val, test, budget_rows)
 
 
 def _start_ray(cfg: ExperimentConfig, address: str | None) -> None:

@@ -175,13 +175,13 @@ _DATA: dict[str, tuple[Any, str]] = {}
 
 
 def _training_data(cfg: ExperimentConfig) -> tuple[Any, str]:
-    """The config's tokenised training split and data fingerprint, prepared once per process."""
-    from harness.runner import _prepare_data
+    """The config's tokenised defense-training pool and data fingerprint, prepared once per process."""
+    from harness.data.prepare import prepare_data
 
     key = cfg.model_dump_json(include={"model", "data", "tasks", "budgets", "seeds"})
     if key not in _DATA:
-        prepared = _prepare_data(cfg)
-        _DATA[key] = (prepared.train, prepared.fingerprint)
+        prepared = prepare_data(cfg)
+        _DATA[key] = (prepared.defense_train, prepared.fingerprint)
     return _DATA[key]
 
 

@@ -359,12 +359,12 @@ def test_standin_loads_fast_through_the_same_path(monkeypatch: pytest.MonkeyPatc
     assert elapsed < 5.0, f"loading the stand-in corpus took {elapsed:.2f}s"
 
 
-def _experiment(source: str, budgets: list[int]) -> ExperimentConfig:
+def _experiment(source: str, budgets: list[int], **data: object) -> ExperimentConfig:
     return validate(
         ExperimentConfig,
         {
             "experiment": "inspect-test",
-            "data": {"source": source, "validation_size": 100},
+            "data": {"source": source, "validation_size": 100, **data},
             "budgets": budgets,
             "defenses": [{"name": "bert"}],
             "attacks": [{"name": "finetune"}],
@@ -373,13 +373,41 @@ def _experiment(source: str, budgets: list[int]) -> ExperimentConfig:
     )
 
 
-def test_inspect(bib: Path) -> None:
-    report = inspect_corpus(_experiment(str(bib), [4, 10]))
+def unique_corpus(root: Path, rows: dict[str, int], repeat: dict[str, list[int]] | None = None) -> Path:
+    """A corpus whose texts are all distinct (the bios end in a per-split serial number), except that `repeat[split]`
+    lists rows of that split whose text is copied from train's row of the same number."""
+    train_texts = None
+    for i, (split, n) in enumerate(rows.items()):
+        texts = [f"{t} Case {split}-{j}." for j, t in enumerate(bios(n, seed=i)[0])]
+        if split == "train":
+            train_texts = texts
+        for j in (repeat or {}).get(split, []):
+            assert train_texts is not None
+            texts[j] = train_texts[j]
+        write_shard(root / "data" / f"{split}-00000-of-00001.parquet", n, seed=i,
+                    hard_text=pa.array(texts, pa.string()))
+    return root
+
+
+@pytest.fixture
+def distinct(tmp_path: Path) -> Path:
+    return unique_corpus(tmp_path / "distinct", {"train": 120, "dev": 200, "test": 60})
+
+
+def test_inspect(distinct: Path) -> None:
+    report = inspect_corpus(_experiment(str(distinct), [4, 10], test_size=100))
     json.dumps(report)  # plain data, so the CLI can also print it as JSON
-    assert report["splits"]["train"]["rows"] == ROWS["train"]
-    assert report["splits"]["dev"]["role"] == "validation"
+    assert report["splits"]["train"]["rows"] == 120
+    assert report["splits"]["train"]["role"] == "defense training"
+    assert report["splits"]["dev"]["role"] == "attacker's pool + validation"
+    assert report["splits"]["test"]["role"] == "test"
+    pools = {p["name"]: p for p in report["pools"]}
+    assert [p["name"] for p in report["pools"]] == ["defense", "attack", "validation", "test"]
+    assert {n: (p["split"], p["rows"], p["duplicates_dropped"]) for n, p in pools.items()} == {
+        "defense": ("train", 120, 0), "attack": ("dev", 100, 0), "validation": ("dev", 100, 0), "test": ("test", 60, 0)
+    }
     genders = report["splits"]["train"]["labels"]["gender"]["counts"]
-    assert sum(genders) == ROWS["train"] and len(genders) == 2
+    assert sum(genders) == 120 and len(genders) == 2
     assert len(report["splits"]["train"]["labels"]["profession"]["counts"]) == 28
     assert all(s["scrub_left"] == 0 for s in report["splits"].values())
     assert len(report["samples"]) == 3 and count_gendered(" ".join(report["samples"])) == 0
@@ -387,14 +415,307 @@ def test_inspect(bib: Path) -> None:
     # The fixture writes he/his for gender 0 and she/her for gender 1; the check must see that.
     check = report["pronouns_by_class"]["classes"]
     assert check["0"]["mostly_male"] == 1.0 and check["1"]["mostly_female"] == 1.0
-    assert any("fewer than the 100" in w for w in report["warnings"])  # dev has 40 rows
+    assert any("test pool gets 60 rows of 'test', fewer than the 100" in w for w in report["warnings"])
     console = Console(file=io.StringIO(), width=120, record=True)
     console.print(render_inspection(report))
     out = console.export_text()
     assert "label balance: gender" in out and "0 male" in out and "fingerprint" in out
+    assert "pools (disjoint by row and by text)" in out and "budget samples drawn from it" in out
 
 
-def test_inspect_reports_an_impossible_budget(bib: Path) -> None:
-    report = inspect_corpus(_experiment(str(bib), [10, 500]))
+def test_inspect_reports_an_impossible_budget(distinct: Path) -> None:
+    report = inspect_corpus(_experiment(str(distinct), [10, 500]))
     assert report["budgets"] == {}
-    assert any("budget 500 exceeds the training pool of 120" in w for w in report["warnings"])
+    assert any("the attacker's pool has 100 rows" in w and "fewer than the largest budget 500" in w
+               for w in report["warnings"])
+    assert any("budget 500 exceeds the attacker's pool of 100 examples" in w for w in report["warnings"])
+
+
+def test_inspect_shows_duplicates_dropped(tmp_path: Path) -> None:
+    root = unique_corpus(tmp_path / "c", {"train": 120, "dev": 200, "test": 60}, repeat={"dev": [1, 2, 3]})
+    report = inspect_corpus(_experiment(str(root), [4]))
+    dropped = {p["name"]: p["duplicates_dropped"] for p in report["pools"]}
+    assert dropped["defense"] == 0 and dropped["attack"] + dropped["validation"] == 3 and dropped["test"] == 0
+    console = Console(file=io.StringIO(), width=160, record=True)
+    console.print(render_inspection(report))
+    assert "duplicates dropped" in console.export_text()
+
+
+# -- blank texts and the corpus cache ---------------------------------------------------------------------------------
+
+
+def _with_blanks(bib: Path, split: str, rows: list[int], blank: str = "   ") -> Path:
+    texts = bios(ROWS[split], seed=list(PUBLISHED).index(split))[0]
+    for r in rows:
+        texts[r] = blank
+    return write_shard(bib / PUBLISHED[split], ROWS[split], seed=list(PUBLISHED).index(split),
+                       hard_text=pa.array(texts, pa.string()))
+
+
+@pytest.mark.parametrize("blank", ["", " ", "\t\n", "\u3000\u00a0"])
+def test_blank_texts_refused_with_file_and_count(bib: Path, tmp_path: Path, blank: str) -> None:
+    path = _with_blanks(bib, "dev", [3, 9], blank)
+    cache = tmp_path / "cache"
+    with pytest.raises(UserError) as err:
+        load_corpus(DataConfig(source=str(bib)), cache_dir=cache)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert str(path.resolve()) in msg and "split 'dev'" in msg
+    assert "'hard_text' has 2 empty or whitespace-only text(s) (first at row 3)" in msg
+    assert "data.blank_texts: drop" in msg
+    assert not cache.exists()  # nothing cached for a refused corpus
+
+
+def test_blank_texts_dropped_when_asked(bib: Path, caplog: pytest.LogCaptureFixture) -> None:
+    _with_blanks(bib, "train", [0, 5, 6])
+    strict = DataConfig(source=str(bib))
+    lenient = DataConfig(source=str(bib), blank_texts="drop")
+    with caplog.at_level("WARNING", logger="harness.data.loader"):
+        corpus = load_corpus(lenient)
+    assert len(corpus.splits["train"]) == ROWS["train"] - 3 and len(corpus.splits["dev"]) == ROWS["dev"]
+    assert corpus.blank_dropped == {"train": 3, "dev": 0, "test": 0}
+    assert all(t.strip() for t in corpus.splits["train"]["text"])
+    assert "split 'train': dropped 3 empty or whitespace-only text(s)" in caplog.text
+    # The labels stay aligned with their texts.
+    _, professions, genders = bios(ROWS["train"], seed=0)
+    kept = [i for i in range(ROWS["train"]) if i not in (0, 5, 6)]
+    assert corpus.splits["train"]["gender"] == [genders[i] for i in kept]
+    # A corpus loaded by dropping is never what a strict config gets (nor its memo or cache entry).
+    with pytest.raises(UserError, match=r"3 empty or whitespace-only"):
+        load_corpus(strict)
+
+
+def test_blank_texts_fingerprint(bib: Path) -> None:
+    strict = load_corpus(DataConfig(source=str(bib))).fingerprint
+    assert load_corpus(DataConfig(source=str(bib), blank_texts="drop")).fingerprint != strict
+
+
+def test_split_of_only_blank_texts_is_empty(bib: Path) -> None:
+    _with_blanks(bib, "dev", list(range(ROWS["dev"])))
+    with pytest.raises(UserError, match=r"split 'dev' is empty after dropping 40 blank text\(s\)"):
+        load_corpus(DataConfig(source=str(bib), blank_texts="drop"))
+
+
+def test_refused_corpus_leaves_the_cache_untouched(bib: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    genders = bios(ROWS["test"], seed=2)[2]
+    genders[0] = 5
+    write_shard(bib / PUBLISHED["test"], ROWS["test"], seed=2, gender=pa.array(genders, pa.int64()))
+    with pytest.raises(UserError, match="outside"):
+        load_corpus(DataConfig(source=str(bib)), cache_dir=cache)
+    assert not cache.exists()
+
+
+def test_stale_cache_with_blank_texts_is_refused(bib: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cache entry written before blank texts were checked must not let them through."""
+    cache = tmp_path / "cache"
+    cfg = DataConfig(source=str(bib))
+    corpus = load_corpus(cfg, cache_dir=cache)
+    cached = cache / corpus.fingerprint / "dev.parquet"
+    table = pq.read_table(cached)
+    pq.write_table(table.set_column(0, "text", pa.array([" "] + table.column("text").to_pylist()[1:])), cached)
+    monkeypatch.setattr(loader, "_MEMO", type(loader._MEMO)())
+    with pytest.raises(UserError, match=r"cached split 'dev'.*1 empty or whitespace-only"):
+        load_corpus(cfg, cache_dir=cache)
+
+
+# -- the four pools ----------------------------------------------------------------------------------------------------
+
+
+def _run_config(source: str, budgets: list[int], data: dict | None = None, **top: object) -> ExperimentConfig:
+    return validate(
+        ExperimentConfig,
+        {
+            "experiment": "pools-test",
+            "model": {"source": "tiny", "max_length": 32},
+            "data": {"source": source, "validation_size": 50, "test_size": 40, **(data or {})},
+            "budgets": budgets,
+            "defenses": [{"name": "bert"}],
+            "attacks": [{"name": "finetune"}],
+            **top,
+        },
+        "test",
+    )
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("SDM_CACHE_DIR", str(tmp_path / "sdm-cache"))
+    monkeypatch.setattr(loader, "_MEMO", type(loader._MEMO)())
+    return tmp_path / "sdm-cache"
+
+
+def _pool_texts(cfg: ExperimentConfig, prepared) -> dict[str, list[str]]:
+    corpus = load_corpus(cfg.data)
+    return {
+        name: corpus.splits[info.split].select(prepared.source_rows[name].tolist())["text"]
+        for name, info in prepared.pools.items()
+    }
+
+
+def _assert_disjoint(cfg: ExperimentConfig, prepared) -> None:
+    texts = _pool_texts(cfg, prepared)
+    names = list(prepared.pools)
+    assert names == ["defense", "attack", "validation", "test"]
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if prepared.pools[a].split == prepared.pools[b].split:
+                assert not set(prepared.source_rows[a].tolist()) & set(prepared.source_rows[b].tolist()), (a, b)
+            assert not {" ".join(t.split()) for t in texts[a]} & {" ".join(t.split()) for t in texts[b]}, (a, b)
+
+
+def test_pools_are_disjoint_by_row_and_by_text(tmp_path: Path, cache: Path) -> None:
+    from harness.data.prepare import prepare_data
+
+    # dev rows 1-6 and test rows 0-3 repeat train's texts (whitespace aside for one); dev repeats itself too.
+    root = unique_corpus(tmp_path / "c", {"train": 120, "dev": 200, "test": 60},
+                         repeat={"dev": [1, 2, 3, 4, 5, 6], "test": [0, 1, 2, 3]})
+    cfg = _run_config(str(root), [10, 20], {"test_size": 60})
+    prepared = prepare_data(cfg)
+    _assert_disjoint(cfg, prepared)
+    pools = prepared.pools
+    assert {n: p.split for n, p in pools.items()} == {"defense": "train", "attack": "dev", "validation": "dev",
+                                                     "test": "test"}
+    assert pools["defense"].rows == 120 and pools["defense"].duplicates_dropped == 0
+    assert pools["attack"].duplicates_dropped + pools["validation"].duplicates_dropped == 6
+    assert pools["attack"].rows + pools["validation"].rows == 200 - 6
+    assert pools["test"].rows == 56 and pools["test"].duplicates_dropped == 4
+    assert len(prepared.defense_train) == 120 and len(prepared.attack_pool) == pools["attack"].rows
+    assert len(prepared.val) == pools["validation"].rows and len(prepared.test) == 56
+    # Each tokenised pool holds its rows' labels, in order.
+    corpus = load_corpus(cfg.data)
+    for name, split in (("attack", prepared.attack_pool), ("validation", prepared.val), ("test", prepared.test)):
+        rows = prepared.source_rows[name]
+        np.testing.assert_array_equal(split.labels["gender"],
+                                      np.asarray(corpus.splits[pools[name].split]["gender"])[rows])
+
+
+def test_standin_pools_are_disjoint(cache: Path) -> None:
+    from harness.data.prepare import prepare_data
+
+    cfg = _run_config("standin", [20, 50, 200], {"validation_size": 300, "test_size": 600})
+    prepared = prepare_data(cfg)
+    _assert_disjoint(cfg, prepared)
+    info = prepared.pools
+    assert (info["attack"].split, info["validation"].split, info["test"].split) == ("dev", "dev", "test")
+    assert info["attack"].rows == 3000 - 300 - info["attack"].duplicates_dropped
+    assert info["validation"].rows == 300 - info["validation"].duplicates_dropped and info["test"].rows == 600
+
+
+def test_budget_samples_come_from_the_attack_pool_nested_and_stratified(tmp_path: Path, cache: Path) -> None:
+    from harness.data.budgets import monotone_allocations
+    from harness.data.prepare import prepare_data
+
+    root = unique_corpus(tmp_path / "c", {"train": 120, "dev": 300, "test": 60})
+    budgets = [10, 30, 80]
+    cfg = _run_config(str(root), budgets, seeds=[0, 1])
+    prepared = prepare_data(cfg)
+    texts = _pool_texts(cfg, prepared)
+    train = set(texts["defense"])
+    others = set(texts["validation"]) | set(texts["test"])
+    assert set(prepared.budget_rows) == {("gender", 0), ("gender", 1), ("profession", 0), ("profession", 1)}
+    for (task, seed), samples in prepared.budget_rows.items():
+        labels = prepared.attack_pool.labels[task]
+        counts = np.bincount(labels, minlength=cfg.data.labels[task])
+        for small, large in zip(budgets, budgets[1:]):
+            assert set(samples[small].tolist()) <= set(samples[large].tolist())
+        for b, idx in samples.items():
+            assert len(idx) == b and idx.max() < len(prepared.attack_pool)
+            drawn = [texts["attack"][i] for i in idx]
+            assert not set(drawn) & train and not set(drawn) & others  # never a defense's, validation's or test row
+            np.testing.assert_array_equal(np.bincount(labels[idx], minlength=len(counts)),
+                                          monotone_allocations(counts, [b])[b])
+    assert not np.array_equal(prepared.budget_rows[("gender", 0)][80], prepared.budget_rows[("gender", 1)][80])
+
+
+def test_pool_sizes_and_splits_are_configurable(tmp_path: Path, cache: Path) -> None:
+    from harness.data.prepare import prepare_data
+
+    root = unique_corpus(tmp_path / "c", {"train": 120, "dev": 300, "test": 100, "heldout": 90})
+    sized = _run_config(str(root), [10], {"validation_size": 70, "test_size": 30, "attacker_pool_size": 150})
+    prepared = prepare_data(sized)
+    assert {n: p.rows for n, p in prepared.pools.items()} == {"defense": 120, "attack": 150, "validation": 70,
+                                                             "test": 30}
+    _assert_disjoint(sized, prepared)
+    # The pool from a split of its own: validation keeps all of dev's rows it asks for, the pool all of heldout's.
+    apart = _run_config(str(root), [10], {"validation_size": 300, "attacker_pool_split": "heldout"})
+    prepared = prepare_data(apart)
+    assert {n: (p.split, p.rows) for n, p in prepared.pools.items()} == {
+        "defense": ("train", 120), "attack": ("heldout", 90), "validation": ("dev", 300), "test": ("test", 40)
+    }
+    _assert_disjoint(apart, prepared)
+
+
+def test_selection_reference_validates_on_test(tmp_path: Path, cache: Path) -> None:
+    from harness.data.prepare import prepare_data
+
+    root = unique_corpus(tmp_path / "c", {"train": 120, "dev": 200, "test": 60})
+    heldout = prepare_data(_run_config(str(root), [10]))
+    reference = prepare_data(_run_config(str(root), [10], search={"selection": "reference"}))
+    assert reference.val is reference.test
+    assert reference.pools["validation"].split == "test" and "reference" in reference.pools["validation"].description
+    # Same attacker examples and test rows under both protocols: only selection differs.
+    np.testing.assert_array_equal(reference.source_rows["attack"], heldout.source_rows["attack"])
+    np.testing.assert_array_equal(reference.source_rows["test"], heldout.source_rows["test"])
+    assert reference.budget_rows[("gender", 0)][10].tolist() == heldout.budget_rows[("gender", 0)][10].tolist()
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"attacker_pool_split": "test"}, "data.attacker_pool_split is 'test', the test split"),
+    ({"attacker_pool_split": "train"}, "data.attacker_pool_split is 'train', the split every defense trains on"),
+    ({"validation_split": "train"}, "data.validation_split is 'train', the split every defense trains on"),
+    ({"test_split": "train"}, "data.test_split is 'train', the split every defense trains on"),
+    ({"validation_split": "test"}, "data.validation_split and data.test_split are both 'test'"),
+    ({"attacker_pool_size": 0}, "data.attacker_pool_size"),
+    ({"blank_texts": "skip"}, "data.blank_texts"),
+])  # fmt: skip
+def test_config_refuses_pools_that_would_overlap(data: dict, message: str) -> None:
+    with pytest.raises(UserError) as err:
+        _run_config("standin", [10], data)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_reference_selection_may_validate_on_the_test_split_with_a_pool_elsewhere(cache: Path) -> None:
+    from harness.data.prepare import prepare_data
+
+    cfg = _run_config("standin", [10], {"validation_split": "test", "attacker_pool_split": "dev"},
+                      search={"selection": "reference"})
+    prepared = prepare_data(cfg)
+    assert prepared.val is prepared.test and prepared.pools["test"].rows == 40
+    assert prepared.pools["attack"].rows == 3000 - prepared.pools["attack"].duplicates_dropped
+
+
+def test_too_small_pool_is_refused_in_one_line_and_caches_nothing(tmp_path: Path, cache: Path) -> None:
+    from harness.data.prepare import prepare_data
+
+    root = unique_corpus(tmp_path / "c", {"train": 120, "dev": 80, "test": 60})
+    with pytest.raises(UserError) as err:
+        prepare_data(_run_config(str(root), [10, 40]))  # validation takes 50 of dev's 80: 30 left
+    msg = str(err.value)
+    assert msg.startswith("data.attacker_pool_size: the attacker's pool has 30 rows") and "\n" not in msg
+    assert "split 'dev' has 80, validation takes 50" in msg and "largest budget 40" in msg
+    with pytest.raises(UserError, match=r"data.attacker_pool_size: the attacker's pool has 20 rows"):
+        prepare_data(_run_config(str(root), [25], {"attacker_pool_size": 20}))
+    # The desired task's budgets count too.
+    with pytest.raises(UserError, match=r"largest budget 35"):
+        prepare_data(_run_config(str(root), [10], desired_budgets=[35]))
+    assert not (cache / "data").exists()
+    prepare_data(_run_config(str(root), [10, 30]))
+    assert len(list((cache / "data").iterdir())) == 1  # written once the pools passed
+
+
+def test_overlapping_splits_are_refused(bib: Path, tmp_path: Path, cache: Path) -> None:
+    from harness.data.prepare import prepare_data
+
+    same = {"train": [str(bib / PUBLISHED["train"])], "dev": [str(bib / PUBLISHED["dev"])],
+            "test": [str(bib / PUBLISHED["dev"])]}
+    with pytest.raises(UserError, match=r"data.files: splits 'dev' and 'test' read the same file .*dev-"):
+        prepare_data(_run_config("standin", [4], {"files": same}))
+    # A validation split that is a copy of train's rows: every row repeats a defense's text.
+    root = tmp_path / "copy"
+    shutil.copytree(bib, root)
+    shutil.copy(bib / PUBLISHED["train"], root / PUBLISHED["dev"])
+    with pytest.raises(UserError, match=r"data.attacker_pool_split: all \d+ rows of the attack pool \(split 'dev'\) "
+                                        r"repeat texts of earlier pools \(defense\): the splits overlap"):
+        prepare_data(_run_config(str(root), [4], {"validation_size": 20}))
+    assert not (cache / "data").exists()

@@ -28,9 +28,10 @@ CASES = yaml.safe_load((HOSTILE / "cases.yaml").read_text())
 
 
 # -- tiny corpora ------------------------------------------------------------------------------------------------------
-def _split(rows: int, **change: list) -> dict[str, list]:
+def _split(rows: int, tag: str = "train", **change: list) -> dict[str, list]:
+    # Texts differ between splits (`tag`): a text in two splits is a row in two pools, which is refused.
     columns = {
-        "hard_text": [f"they work with clients every day and write about case {i}" for i in range(rows)],
+        "hard_text": [f"they work with clients every day and write about case {tag}-{i}" for i in range(rows)],
         "profession": [i % 28 for i in range(rows)],
         "gender": [i % 2 for i in range(rows)],
     }
@@ -49,7 +50,15 @@ def _write(folder: Path, splits: dict[str, dict[str, list] | None]) -> None:
 
 
 def _good(folder: Path, **splits: dict[str, list] | None) -> None:
-    _write(folder, {"train": _split(40), "dev": _split(20), "test": _split(20), **splits})
+    # dev: the smoke config's 120 validation rows and an attacker's pool of 80.
+    _write(folder, {"train": _split(40), "dev": _split(200, "dev"), "test": _split(20, "test"), **splits})
+
+
+def _blank(rows: int, at: list[int], tag: str = "dev") -> dict[str, list]:
+    texts = _split(rows, tag)["hard_text"]
+    for i in at:
+        texts[i] = " \t " if i % 2 else ""
+    return _split(rows, tag, hard_text=texts)
 
 
 def _train_is_a_directory(folder: Path) -> None:
@@ -78,6 +87,9 @@ CORPORA: dict[str, Callable[[Path], None]] = {
     "profession-28": lambda f: _good(f, train=_split(40, profession=[28] + [0] * 39)),
     "gender-negative": lambda f: _good(f, train=_split(40, gender=[-1] + [0] * 39)),
     "gender-strings": lambda f: _good(f, train=_split(40, gender=["female", "male"] * 20)),
+    "blank-dev-texts": lambda f: _good(f, dev=_blank(200, [4, 7, 9])),
+    "dev-all-blank": lambda f: _good(f, dev=_blank(20, list(range(20)))),
+    "dev-copies-train": lambda f: _good(f, dev=_split(40)),
 }
 
 
@@ -183,6 +195,9 @@ def test_hostile_input_exits_2_with_one_line_and_writes_nothing(
     assert len(lines) == 1 and case["expect"] in lines[0], err
     assert snapshot(isolated) == before
     assert not (isolated / "cache" / "defenses").exists()
+    if "data" in case or case["id"].startswith(("data-", "budget-larger", "pool-")):
+        # Refused data is never cached: nothing is written before the corpus, its pools and budgets pass.
+        assert not (isolated / "cache" / "data").exists()
 
 
 def test_catalogue_is_large_and_unique() -> None:

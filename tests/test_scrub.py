@@ -51,6 +51,20 @@ CASES = [
      "They hold an MS in nursing and never misses a deadline."),
     ("Don't miss the show; the shepherd herds sheep in the Hershey hills.",
      "Don't miss the show; the shepherd herds sheep in the Hershey hills."),
+    # titles in every case: dotted ones always, bare ones before a name, in the source's case style
+    ("MR. SMITH met MRS. JONES and MS. LEE.", "MX. SMITH met MX. JONES and MX. LEE."),
+    ("MS. Lee and MR. Brown", "MX. Lee and MX. Brown"),
+    ("mr. smith, mrs. jones and ms. lee", "mx. smith, mx. jones and mx. lee"),
+    ("mR. Smith and mRS. Jones", "mx. Smith and mx. Jones"),
+    ("MISS Daisy and MISS DAISY", "MX. Daisy and MX. DAISY"),
+    ("miss Daisy wrote to mr Brown, mrs Smith and ms Lee.", "mx. Daisy wrote to mx Brown, mx Smith and mx Lee."),
+    ("MR Brown and MRS Smith", "MX Brown and MX Smith"),
+    ("Mr Brown, Mrs Smith, Ms Lee and Miss Daisy", "Mx Brown, Mx Smith, Mx Lee and Mx. Daisy"),
+    ("MS JANE DOE", "MX JANE DOE"),
+    # the degree and the verb in other cases survive
+    ("She earned an MS Nursing degree and uses MS Office.", "They earned an MS Nursing degree and uses MS Office."),
+    ("Students never miss class; ms thesis drafts; MISS a deadline",
+     "Students never miss class; ms thesis drafts; MISS a deadline"),
 ]  # fmt: skip
 
 
@@ -99,3 +113,21 @@ def test_fast_enough() -> None:
     elapsed = time.perf_counter() - start
     assert count_gendered(out[0]) == 0
     assert elapsed < 2.0, f"scrubbing 5,000 bios took {elapsed:.2f}s"
+
+
+@pytest.mark.parametrize("title", ["Mr.", "MR.", "mr.", "Mrs.", "MRS.", "mrs.", "Ms.", "MS.", "ms.", "mS.",
+                                   "Mr", "MR", "mr", "Mrs", "MRS", "mrs", "Ms", "ms", "Miss", "MISS", "miss"])
+def test_every_case_of_every_title_is_scrubbed(title: str) -> None:
+    text = f"Her colleague {title} Garcia is an attorney."
+    out = scrub(text)
+    assert count_gendered(text) == 2 and count_gendered(out) == 0, out
+    assert title not in out.split()
+    replaced = out.split()[2]
+    expected = "mx" if title.islower() or title[0].islower() else "MX" if title[:2].isupper() else "Mx"
+    assert replaced.rstrip(".") == expected and replaced.endswith(".") == (title.endswith(".") or
+                                                                           title.lower() == "miss")
+
+
+def test_title_counts_by_gender_in_every_case() -> None:
+    assert count_by_gender("MR. A, mr. B, MR C, mr D, Mr E") == (5, 0)
+    assert count_by_gender("MRS. A, mrs. B, MS. C, ms. D, MISS E, miss F, Ms G, MRS H") == (0, 8)

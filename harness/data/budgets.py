@@ -107,9 +107,10 @@ def _still_eligible(counts: np.ndarray, total: int, alloc: np.ndarray, i: int, b
 
 
 def nested_stratified_samples(
-    labels: np.ndarray, budgets: Sequence[int], seed: int, num_classes: int
+    labels: np.ndarray, budgets: Sequence[int], seed: int, num_classes: int, pool: str = "training pool"
 ) -> dict[int, np.ndarray]:
-    """Sorted indices into the training pool for each budget: stratified by label, nested, deterministic per seed."""
+    """Sorted indices into the pool (`labels`, the attacker's pool in an experiment) for each budget: stratified by
+    label, nested, deterministic per seed. `pool` names the pool in error messages."""
     labels = np.asarray(labels)
     if labels.ndim != 1:
         raise ValueError(f"labels must be one-dimensional, got shape {labels.shape}")
@@ -117,13 +118,13 @@ def nested_stratified_samples(
         return {}
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
         bad = labels.min() if labels.min() < 0 else labels.max()
-        raise UserError(f"training labels: value {bad} is outside [0, {num_classes})")
-    pool = labels.size
+        raise UserError(f"{pool} labels: value {bad} is outside [0, {num_classes})")
+    size = labels.size
     for b in budgets:
         if b <= 0:
             raise UserError(f"budget {b}: expected a positive number of examples")
-        if b > pool:
-            raise UserError(f"budget {b} exceeds the training pool of {pool} examples")
+        if b > size:
+            raise UserError(f"budget {b} exceeds the {pool} of {size} examples")
     counts = np.bincount(labels, minlength=num_classes).astype(np.int64)
     allocations = monotone_allocations(counts, budgets)
     for b in sorted(set(budgets)):
@@ -132,7 +133,7 @@ def nested_stratified_samples(
             k = int(over[0])
             raise UserError(
                 f"budget {b}: the stratified allocation asks class {k} for {int(allocations[b][k])} examples but "
-                f"the training pool has only {int(counts[k])} (pool class counts {counts.tolist()})"
+                f"the {pool} has only {int(counts[k])} (pool class counts {counts.tolist()})"
             )
     rng = _rng(seed, _TAG_BUDGETS)
     # One permutation per class, drawn for every class in class order, so each class's order depends only on the seed

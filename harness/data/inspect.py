@@ -1,13 +1,16 @@
 """`sdm data inspect CONFIG`: what a config's data looks like once loaded, before any compute is spent on it.
 
-Reports rows and label balance per split, gendered words left after scrubbing, sample texts, the harmful-task
-allocation per budget, and which label value the raw text's pronouns point to (Bias in Bios codes gender 0 as
+Reports the four pools (defense training, the attacker's pool, the attacker's validation, test: split, rows,
+duplicates dropped; see `harness.data.prepare`), rows and label balance per split, blank texts dropped, gendered
+words left after scrubbing, sample texts, the harmful-task allocation per budget (drawn from the attacker's pool),
+and which label value the raw text's pronouns point to (Bias in Bios codes gender 0 as
 male and 1 as female by common use; this checks it against the data instead of trusting it).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -18,6 +21,7 @@ from rich.text import Text
 from harness.config import ExperimentConfig
 from harness.data.budgets import nested_stratified_samples, subsample
 from harness.data.loader import TEXT, corpus_from_raw, read_raw
+from harness.data.prepare import POOLS, carve_pools, check_pools
 from harness.data.scrub import count_by_gender
 from harness.errors import UserError
 
@@ -35,6 +39,9 @@ _SAMPLES = 3
 _PRONOUN_CHECK_ROWS = 2000
 
 
+_ROLE = {"defense": "defense training", "attack": "attacker's pool", "validation": "validation", "test": "test"}
+
+
 def class_name(column: str, k: int, num_classes: int) -> str:
     names = CLASS_NAMES.get(column)
     if names is not None and len(names) == num_classes:
@@ -47,9 +54,29 @@ def inspect_corpus(cfg: ExperimentConfig) -> dict[str, Any]:
     data = cfg.data
     raw = read_raw(data)
     corpus = corpus_from_raw(raw, data)
-    roles = {"train": "train", data.validation_split: "validation", data.test_split: "test"}
-    sizes = {data.validation_split: data.validation_size, data.test_split: data.test_size}
     warnings: list[str] = []
+    try:
+        pools = carve_pools(cfg, corpus)
+    except UserError as exc:
+        pools = None
+        warnings.append(str(exc))
+    if pools is not None:
+        try:
+            check_pools(cfg, pools)
+        except UserError as exc:
+            warnings.append(str(exc))
+        asked = {"attack": data.attacker_pool_size, "validation": data.validation_size, "test": data.test_size}
+        for name, info in pools.info.items():
+            if asked.get(name) and pools.carved[name] < asked[name] and not (
+                name == "validation" and cfg.search.selection == "reference"
+            ):
+                warnings.append(f"the {name} pool gets {pools.carved[name]} rows of '{info.split}', fewer than the "
+                                f"{asked[name]} the config asks for; all are used")
+    roles: dict[str, list[str]] = {}
+    for name in POOLS:
+        split = pools.info[name].split if pools is not None else None
+        if split is not None and not (name == "validation" and cfg.search.selection == "reference"):
+            roles.setdefault(split, []).append(_ROLE[name])
     splits: dict[str, Any] = {}
     for split, ds in corpus.splits.items():
         labels: dict[str, Any] = {}
@@ -60,9 +87,12 @@ def inspect_corpus(cfg: ExperimentConfig) -> dict[str, Any]:
             if missing:
                 warnings.append(f"{split}: no rows for {column} class(es) {missing}")
         rows = len(ds)
-        if split in sizes and split != "train" and rows < sizes[split]:
-            warnings.append(f"{split} has {rows} rows, fewer than the {sizes[split]} the config asks for; all are used")
-        splits[split] = {"role": roles[split], "rows": rows, "scrub_left": corpus.scrub_left[split], "labels": labels}
+        splits[split] = {"role": " + ".join(roles.get(split, ["unused"])), "rows": rows,
+                         "scrub_left": corpus.scrub_left[split], "blank_dropped": corpus.blank_dropped.get(split, 0),
+                         "labels": labels}
+        if corpus.blank_dropped.get(split):
+            warnings.append(f"{split}: {corpus.blank_dropped[split]} empty or whitespace-only text(s) dropped "
+                            "(data.blank_texts: drop)")
         if data.scrub_pronouns and corpus.scrub_left[split]:
             warnings.append(f"{split}: {corpus.scrub_left[split]} gendered pronoun(s) or title(s) left after scrubbing")
 
@@ -72,14 +102,18 @@ def inspect_corpus(cfg: ExperimentConfig) -> dict[str, Any]:
 
     harmful = cfg.tasks.harmful
     n_harmful = data.labels[harmful]
-    train_labels = train.data.column(harmful).to_numpy()
     budgets: dict[str, Any] = {}
-    try:
-        drawn = nested_stratified_samples(train_labels, cfg.budgets, seed=cfg.seeds[0], num_classes=n_harmful)
-        for b, idx in drawn.items():
-            budgets[str(b)] = np.bincount(train_labels[idx], minlength=n_harmful).tolist()
-    except UserError as exc:
-        warnings.append(str(exc))
+    if pools is not None:
+        attack = pools.info["attack"]
+        pool_labels = corpus.splits[attack.split].data.column(harmful).to_numpy()[pools.rows["attack"]]
+        try:
+            drawn = nested_stratified_samples(pool_labels, cfg.budgets, seed=cfg.seeds[0], num_classes=n_harmful,
+                                              pool="attacker's pool")
+            for b, idx in drawn.items():
+                budgets[str(b)] = np.bincount(pool_labels[idx], minlength=n_harmful).tolist()
+        except UserError as exc:
+            if str(exc) not in warnings:
+                warnings.append(str(exc))
 
     # Which gender the raw pronouns indicate per harmful class, on a subsample of the unscrubbed train split.
     raw_train = raw.tables["train"]
@@ -106,6 +140,7 @@ def inspect_corpus(cfg: ExperimentConfig) -> dict[str, Any]:
         "text_column": data.text_column,
         "scrub_pronouns": data.scrub_pronouns,
         "tasks": {"harmful": harmful, "desired": cfg.tasks.desired},
+        "pools": [asdict(info) for info in pools.info.values()] if pools is not None else [],
         "splits": splits,
         "samples": samples,
         "budgets": budgets,
@@ -128,11 +163,19 @@ def render_inspection(report: dict[str, Any]) -> Group:
     head.append("pronoun scrubbing ", style="bold").append("on" if report["scrub_pronouns"] else "off")
     parts.append(head)
 
+    if report["pools"]:
+        pools = Table(title="pools (disjoint by row and by text)", title_justify="left")
+        for col in ("pool", "split", "rows", "duplicates dropped", "what it is for"):
+            pools.add_column(col, justify="right" if col in ("rows", "duplicates dropped") else "left")
+        for p in report["pools"]:
+            pools.add_row(p["name"], p["split"], f"{p['rows']:,}", f"{p['duplicates_dropped']:,}", p["description"])
+        parts.append(pools)
+
     splits = Table(title="splits", title_justify="left")
-    for col in ("split", "role", "rows", "gendered words left"):
-        splits.add_column(col, justify="right" if col in ("rows", "gendered words left") else "left")
+    for col in ("split", "role", "rows", "blank texts dropped", "gendered words left"):
+        splits.add_column(col, justify="left" if col in ("split", "role") else "right")
     for name, s in report["splits"].items():
-        splits.add_row(name, s["role"], f"{s['rows']:,}", str(s["scrub_left"]))
+        splits.add_row(name, s["role"], f"{s['rows']:,}", str(s["blank_dropped"]), str(s["scrub_left"]))
     parts.append(splits)
 
     columns = next(iter(report["splits"].values()))["labels"]
@@ -165,7 +208,8 @@ def render_inspection(report: dict[str, Any]) -> Group:
     harmful = report["tasks"]["harmful"]
     if report["budgets"]:
         n = len(next(iter(report["budgets"].values())))
-        table = Table(title=f"harmful-task sample per budget ({harmful}, first seed)", title_justify="left")
+        table = Table(title=f"harmful-task sample per budget ({harmful}, first seed, from the attacker's pool)",
+                      title_justify="left")
         table.add_column("budget", justify="right")
         table.add_column("examples per class")
         for b, counts in report["budgets"].items():

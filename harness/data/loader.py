@@ -11,7 +11,8 @@ Sources, by `DataConfig.source` (or `DataConfig.files`, which wins):
 
 Local Parquet is read with pyarrow and wrapped as in-memory datasets rather than going through
 `load_dataset("parquet")`: that avoids writing an Arrow copy into the user's cache on every new file and keeps the
-bundled corpus well under a second. Every problem with the data is a `UserError` naming the file, column or value.
+bundled corpus well under a second. Every problem with the data is a `UserError` naming the file, column or value;
+empty or whitespace-only texts are one (`DataConfig.blank_texts: error`) unless the config says to drop them.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import shutil
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import datasets
@@ -68,6 +69,7 @@ class Corpus:
     source: str
     files: dict[str, list[str]]
     scrub_left: dict[str, int]
+    blank_dropped: dict[str, int] = field(default_factory=dict)  # split -> blank texts dropped (data.blank_texts)
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ class RawCorpus:
     fingerprint: str
     source: str
     files: dict[str, list[str]]
+    blank_dropped: dict[str, int] = field(default_factory=dict)
 
 
 def standin_dir() -> Path:
@@ -86,17 +89,19 @@ def standin_dir() -> Path:
 
 
 def required_splits(cfg: DataConfig) -> list[str]:
-    """The splits an experiment reads: train, the validation split and the test split (deduplicated, in order)."""
-    return list(dict.fromkeys(["train", cfg.validation_split, cfg.test_split]))
+    """The splits an experiment reads: train (defense training), the validation split, the attacker's pool split and
+    the test split (deduplicated, in order)."""
+    return list(dict.fromkeys([cfg.DEFENSE_SPLIT, cfg.validation_split, cfg.pool_split, cfg.test_split]))
 
 
-def load_corpus(cfg: DataConfig, cache_dir: str | Path | None = None) -> Corpus:
+def load_corpus(cfg: DataConfig, cache_dir: str | Path | None = None, *, write_cache: bool = True) -> Corpus:
     """Read, validate and (when `cfg.scrub_pronouns`) pronoun-scrub the splits an experiment needs.
 
     Local sources are memoised in-process by fingerprint (the content hash, so an edited file is re-read), and,
     when `cache_dir` is given, the loaded splits are kept there as Parquet under the fingerprint: scrubbing the real
     corpus (~400k bios) takes tens of seconds, reading it back a second or two. The hub goes through `datasets`'
-    own cache.
+    own cache. Nothing is written before every file has passed validation; a caller with checks of its own (the
+    pools, `harness.data.prepare`) passes ``write_cache=False`` and calls `write_corpus_cache` once they pass.
     """
     located = locate(cfg)
     if located is None:
@@ -104,10 +109,10 @@ def load_corpus(cfg: DataConfig, cache_dir: str | Path | None = None) -> Corpus:
     folder = Path(cache_dir).expanduser() / located.fingerprint if cache_dir is not None else None
     hit = _MEMO.get(located.fingerprint)
     if hit is None and folder is not None:
-        hit = _read_cache(folder, located)
+        hit = _read_cache(folder, located, cfg)
     if hit is None:
         hit = corpus_from_raw(_read_local(located, cfg), cfg)
-    if folder is not None and not folder.exists():
+    if write_cache and folder is not None and not folder.exists():
         _write_cache(folder, hit)
     _MEMO[located.fingerprint] = hit
     while len(_MEMO) > _MEMO_SIZE:
@@ -128,10 +133,19 @@ def _fresh(corpus: Corpus, located: Located) -> Corpus:
         for split, ds in corpus.splits.items()
     }
     return replace(corpus, splits=splits, source=located.source, files={s: list(f) for s, f in located.files.items()},
-                   scrub_left=dict(corpus.scrub_left))
+                   scrub_left=dict(corpus.scrub_left), blank_dropped=dict(corpus.blank_dropped))
 
 
-def _read_cache(folder: Path, located: Located) -> Corpus | None:
+def write_corpus_cache(corpus: Corpus, cache_dir: str | Path) -> None:
+    """Keep a loaded local corpus under `cache_dir` (see `load_corpus`); a no-op for the hub or an existing entry."""
+    if not any(corpus.files.values()):
+        return  # the hub: `datasets` caches it
+    folder = Path(cache_dir).expanduser() / corpus.fingerprint
+    if not folder.exists():
+        _write_cache(folder, corpus)
+
+
+def _read_cache(folder: Path, located: Located, cfg: DataConfig) -> Corpus | None:
     meta_path = folder / "corpus.json"
     if not meta_path.is_file():
         return None
@@ -147,9 +161,14 @@ def _read_cache(folder: Path, located: Located) -> Corpus | None:
     except (OSError, ValueError, pa.ArrowException) as exc:
         log.warning("ignoring unreadable corpus cache %s (%s)", folder, _first_line(exc))
         return None
+    if cfg.blank_texts == "error":
+        # A cache written before blank texts were checked may hold some: the check is the same on scrubbed text.
+        for split, ds in splits.items():
+            _blank_texts(ds.data.table, f"{folder} (cached split '{split}')", cfg)
     log.info("loaded %s from the cache %s", located.source, folder)
     return Corpus(splits=splits, fingerprint=located.fingerprint, source=located.source, files=located.files,
-                  scrub_left={s: int(meta["scrub_left"][s]) for s in located.files})
+                  scrub_left={s: int(meta["scrub_left"][s]) for s in located.files},
+                  blank_dropped={s: int(meta.get("blank_dropped", {}).get(s, 0)) for s in located.files})
 
 
 def _write_cache(folder: Path, corpus: Corpus) -> None:
@@ -159,7 +178,8 @@ def _write_cache(folder: Path, corpus: Corpus) -> None:
         tmp.mkdir(parents=True, exist_ok=True)
         for split, ds in corpus.splits.items():
             pq.write_table(ds.data.table, tmp / f"{split}.parquet")
-        (tmp / "corpus.json").write_text(json.dumps({"source": corpus.source, "scrub_left": corpus.scrub_left}))
+        (tmp / "corpus.json").write_text(json.dumps({"source": corpus.source, "scrub_left": corpus.scrub_left,
+                                                     "blank_dropped": corpus.blank_dropped}))
         os.replace(tmp, folder)
     except OSError as exc:
         # Another process finished first (the target exists) or the disk refused: the cache is only an optimisation.
@@ -202,7 +222,8 @@ def corpus_from_raw(raw: RawCorpus, cfg: DataConfig) -> Corpus:
         ", ".join(f"{s} {len(d)}" for s, d in splits.items()),
         raw.fingerprint,
     )
-    return Corpus(splits=splits, fingerprint=raw.fingerprint, source=raw.source, files=raw.files, scrub_left=left)
+    return Corpus(splits=splits, fingerprint=raw.fingerprint, source=raw.source, files=raw.files, scrub_left=left,
+                  blank_dropped=dict(raw.blank_dropped))
 
 
 @contextmanager
@@ -277,8 +298,12 @@ def locate(cfg: DataConfig) -> Located | None:
 
 
 def _read_local(located: Located, cfg: DataConfig) -> RawCorpus:
-    tables = {split: _read_split(split, paths, cfg) for split, paths in located.files.items()}
-    return RawCorpus(tables=tables, fingerprint=located.fingerprint, source=located.source, files=located.files)
+    tables: dict[str, pa.Table] = {}
+    dropped: dict[str, int] = {}
+    for split, paths in located.files.items():
+        tables[split], dropped[split] = _read_split(split, paths, cfg)
+    return RawCorpus(tables=tables, fingerprint=located.fingerprint, source=located.source, files=located.files,
+                     blank_dropped=dropped)
 
 
 # -- locating files ----------------------------------------------------------------------------------------------------
@@ -356,20 +381,58 @@ def _existing_file(path: str, split: str) -> str:
 # -- reading and validating ------------------------------------------------------------------------------------------
 
 
-def _read_split(split: str, paths: list[str], cfg: DataConfig) -> pa.Table:
+def _read_split(split: str, paths: list[str], cfg: DataConfig) -> tuple[pa.Table, int]:
+    """The split's validated table and how many blank texts were dropped from it (`data.blank_texts: drop`)."""
     columns = [cfg.text_column, *cfg.labels]
     tables = []
+    dropped = 0
     for path in paths:
         try:
             schema = pq.read_schema(path)
         except (pa.ArrowException, OSError) as exc:
             raise UserError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from None
         _check_schema(schema, path, cfg)
-        tables.append(_check_table(pq.read_table(path, columns=columns), path, cfg))
+        table, blanks = _blank_texts(_check_table(pq.read_table(path, columns=columns), path, cfg),
+                                     f"{path} (split '{split}')", cfg)
+        tables.append(table)
+        dropped += blanks
     table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
     if table.num_rows == 0:
-        raise UserError(f"split '{split}' is empty ({', '.join(paths)})")
-    return table
+        more = f" after dropping {dropped} blank text(s)" if dropped else ""
+        raise UserError(f"split '{split}' is empty{more} ({', '.join(paths)})")
+    if dropped:
+        _report_dropped(split, dropped)
+    return table, dropped
+
+
+def _blank_mask(text: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    """True where a text is empty or only (Unicode) whitespace."""
+    return pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0)
+
+
+def _refuse_blanks(mask: pa.ChunkedArray | pa.Array, count: int, origin: str, cfg: DataConfig) -> None:
+    first = pc.index(mask, True).as_py()
+    raise UserError(
+        f"{origin}: column '{cfg.text_column}' has {count} empty or whitespace-only text(s) (first at row {first}); "
+        "fix the data or set data.blank_texts: drop"
+    )
+
+
+def _blank_texts(table: pa.Table, origin: str, cfg: DataConfig) -> tuple[pa.Table, int]:
+    """Refuse (`data.blank_texts: error`, with the count) or drop the rows whose text is blank."""
+    mask = _blank_mask(table.column(TEXT))
+    count = int(pc.sum(mask).as_py() or 0)
+    if not count:
+        return table, 0
+    if cfg.blank_texts == "error":
+        _refuse_blanks(mask, count, origin, cfg)
+    return table.filter(pc.invert(mask)), count
+
+
+def _report_dropped(split: str, count: int) -> None:
+    # A printed count, not only a log line: dropping rows changes the data, and the user asked for it by name.
+    message = f"split '{split}': dropped {count} empty or whitespace-only text(s) (data.blank_texts: drop)"
+    log.warning(message)
 
 
 def _check_schema(schema: pa.Schema, origin: str, cfg: DataConfig) -> None:
@@ -453,6 +516,7 @@ def _read_hub(cfg: DataConfig, splits: list[str]) -> RawCorpus:
     if not isinstance(loaded, datasets.DatasetDict):
         raise UserError(f"data.source '{cfg.source}': expected named splits from the hub")
     tables: dict[str, pa.Table] = {}
+    dropped: dict[str, int] = {}
     for split in splits:
         if split not in loaded:
             raise UserError(f"data.source '{cfg.source}': no split '{split}'; the hub lists {', '.join(loaded)}")
@@ -460,8 +524,11 @@ def _read_hub(cfg: DataConfig, splits: list[str]) -> RawCorpus:
         table = loaded[split].data.table
         _check_schema(table.schema, origin, cfg)
         table = _check_table(table.select([cfg.text_column, *cfg.labels]), origin, cfg)
+        table, dropped[split] = _blank_texts(table, origin, cfg)
         if table.num_rows == 0:
             raise UserError(f"split '{split}' is empty ({origin})")
+        if dropped[split]:
+            _report_dropped(split, dropped[split])
         tables[split] = table
     # The cached datasets' own fingerprints derive from the cache files, whose paths carry the resolved commit.
     parts = {"hub": repo, "revision": revision or "default", "splits": {s: loaded[s]._fingerprint for s in splits}}
@@ -470,6 +537,7 @@ def _read_hub(cfg: DataConfig, splits: list[str]) -> RawCorpus:
         fingerprint=_fingerprint(cfg, parts),
         source=cfg.source,
         files={split: [] for split in splits},
+        blank_dropped=dropped,
     )
 
 
@@ -500,4 +568,8 @@ def _fingerprint(cfg: DataConfig, content: object) -> str:
         "labels": sorted(cfg.labels.items()),
         "scrub": SCRUB_VERSION if cfg.scrub_pronouns else False,
     }
+    if cfg.blank_texts == "drop":
+        # Only then can the loaded rows differ from the files' (with "error" a corpus with blanks never loads), so
+        # existing fingerprints stay as they were; a cache made by dropping is never read back by a strict config.
+        payload["blank_texts"] = "drop"
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

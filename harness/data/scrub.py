@@ -1,9 +1,9 @@
 """Pronoun scrubbing for the harmful task: gender identification from biographies with gendered words neutralised.
 
 `scrub` rewrites he/she/him/her/his/hers/himself/herself (any case: he, He, HE; next to punctuation: "her.",
-"(his", "he's", "she'd", with straight or curly apostrophes) and the titles Mr./Mrs./Ms./Miss to singular they and
-"Mx.", keeping each word's capitalisation. English needs a few decisions that plain substitution gets wrong; the
-approximations made here, all symmetric between he and she unless noted:
+"(his", "he's", "she'd", with straight or curly apostrophes) and the titles Mr./Mrs./Ms./Miss (any case: MRS.,
+mr., MISS) to singular they and "Mx.", keeping each word's capitalisation. English needs a few decisions that plain
+substitution gets wrong; the approximations made here, all symmetric between he and she unless noted:
 
 - Subject verb agreement is fixed for the common simple cases: "he is/was/has/does" (and their "n't" forms) become
   "they are/were/have/do", and a present-tense verb right after the pronoun loses its third-person "-s" ("she works"
@@ -20,15 +20,20 @@ approximations made here, all symmetric between he and she unless noted:
   guess only ever happens to "her" in object position before an adjective ("made her famous" -> "made their
   famous"), so such errors are a faint female cue; they are rare in biographies.
 - Reflexives become "themself" (singular they), pairs like "he/she", "s/he", "his or her" collapse to one word.
-- "Mr."/"Mrs."/"Ms." become "Mx."; "Mr"/"Mrs"/"Ms" without a period and "Miss" are rewritten only before a
-  capitalised word (a name), so "MS in nursing" and "miss a deadline" are left alone. All-caps pronouns are
-  rewritten too ("HE" -> "THEY"), which also catches the rare acronym ("HE" for higher education); harmless, since
-  it is applied to every bio alike.
+- Titles in any case: "Mr."/"Mrs."/"Ms." (also "MRS.", "mr.", "MS.") become "Mx." in the same case style ("MX.",
+  "mx."); "Mr"/"Mrs"/"Ms" without a period and "Miss" (any case: "MR", "mrs", "MISS") are rewritten only before a
+  capitalised word (a name), so "MS in nursing" and "miss a deadline" are left alone. Bare all-caps "MS" is mostly
+  the degree ("MS Nursing", "MS Office"), so it is rewritten only before an all-caps word ("MS JANE DOE"). A dotted
+  "MS." ending a sentence about the degree becomes "MX." too, and "never miss Sunday mass" becomes "never mx.
+  Sunday mass": ungrammatical, never gendered, applied to every bio alike. All-caps pronouns are rewritten too
+  ("HE" -> "THEY"), which also catches the rare acronym ("HE" for higher education); harmless, since it is applied
+  to every bio alike.
 
 `count_gendered` counts the pronouns and titles that remain. It casts a slightly wider net than `scrub` rewrites:
-bare "Mr"/"Mrs"/"Ms" and capitalised "Miss" count wherever they stand, so a non-zero count on a scrubbed corpus
-points at titles the rules deliberately left (not before a name) or text they did not see. `count_by_gender` splits
-the same counts into male and female words, used to check which label value means which gender.
+bare "Mr"/"Mrs"/"Ms" and capitalised "Miss" count wherever they stand (their other cases where `scrub` rewrites
+them), so a non-zero count on a scrubbed corpus points at titles the rules deliberately left (not before a name)
+or text they did not see. `count_by_gender` splits the same counts into male and female words, used to check which
+label value means which gender.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ log = logging.getLogger(__name__)
 
 # Part of the data fingerprint: changing any rule here changes every scrubbed corpus, so cached results keyed by
 # the fingerprint must not be reused.
-SCRUB_VERSION = 1
+SCRUB_VERSION = 2  # 2: titles in every case (MRS., mr., MISS, ...)
 
 _APOS = "'’"
 
@@ -215,14 +220,24 @@ _PAIR_RULE = re.compile(
     re.IGNORECASE,
 )
 
-# Titles. Case-sensitive on purpose: "MS" (a degree) and "miss" (a verb) must survive.
-_TITLE_RULE = re.compile(r"\b(?:(?P<dot>Mrs|Mr|Ms|MRS|MR)\.|(?P<bare>Mrs|Mr|Ms|Miss)\b(?!\.)(?=\s+[A-Z]))")
+# Titles, in any case (Mr, MR, mr, mR, ...). A dotted title is always one ("Mrs.", "MS.", "mr."); a bare one only
+# before a capitalised word (a name), so "MS in nursing" and "miss a deadline" survive. Bare all-caps "MS" is the
+# degree far more often than the title ("MS Nursing", "MS Office"), so it needs an all-caps word after it ("MS JANE
+# DOE").
+_TITLE_RULE = re.compile(
+    r"(?=[mM])\b(?:"
+    r"(?P<dot>(?i:mrs|mr|ms))\."
+    r"|(?P<caps>MS)\b(?!\.)(?=\s+[A-Z][A-Z'’-]*[A-Z]\b)"
+    r"|(?!MS\b)(?P<bare>(?i:mrs|mr|ms|miss))\b(?!\.)(?=\s+[A-Z])"
+    r")"
+)
 
 
 def _title(m: re.Match[str]) -> str:
     if m.group("dot") is not None:
-        return "MX." if m.group("dot").isupper() else "Mx."
-    return "Mx." if m.group("bare") == "Miss" else "Mx"
+        return _like(m.group("dot"), "mx") + "."
+    word = m.group("bare") or m.group("caps")
+    return _like(word, "mx." if word.lower() == "miss" else "mx")
 
 
 def scrub(text: str) -> str:
@@ -230,17 +245,16 @@ def scrub(text: str) -> str:
     if "/" in text or " or " in text.lower():
         text = _PAIR_RULE.sub(lambda m: _like(m.group(0), str(m.lastgroup)), text)
     text = _WORD_RULE.sub(_word, text)
-    if "M" in text:
-        text = _TITLE_RULE.sub(_title, text)
-    return text
+    return _TITLE_RULE.sub(_title, text)
 
 
 # -- counting ----------------------------------------------------------------------------------------------------------
 
 _COUNT_RULE = re.compile(
-    r"(?=[hHsSM])(?:"
-    r"(?P<male>(?i:\b(?:he|him|his|himself)\b)|\b(?:Mr|MR)\.|\bMr\b)"
-    r"|(?P<female>(?i:\b(?:she|her|hers|herself)\b)|\b(?:Mrs|Ms|MRS)\.|\b(?:Mrs|Ms|Miss)\b)"
+    r"(?=[hHsSmM])(?:"
+    r"(?P<male>(?i:\b(?:he|him|his|himself)\b)|(?i:\bmr\.)|\bMr\b|(?!Mr\b)(?i:\bmr\b)(?!\.)(?=\s+[A-Z]))"
+    r"|(?P<female>(?i:\b(?:she|her|hers|herself)\b)|(?i:\b(?:mrs|ms)\.)|\b(?:Mrs|Ms|Miss)\b"
+    r"|\bMS\b(?!\.)(?=\s+[A-Z][A-Z'’-]*[A-Z]\b)|(?!(?:Mrs|Ms|Miss|MS)\b)(?i:\b(?:mrs|ms|miss)\b)(?!\.)(?=\s+[A-Z]))"
     r")"
 )
 
