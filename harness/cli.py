@@ -131,6 +131,9 @@ def plugins() -> None:
 def defend(
     config: ConfigArg,
     defense: Annotated[str, typer.Option(help="name (or label) of a defense in the config")],
+    seed: Annotated[
+        Optional[int], typer.Option(help="the cell seed whose defense to train (default: the config's first seed)")
+    ] = None,
     set_: SetOpt = None,
 ) -> None:
     """Train (or find in the cache) one defense of a config and print the weights' path."""
@@ -145,9 +148,10 @@ def defend(
     if defense not in specs:
         raise UserError(f"{config}: no defense '{defense}' in this config{did_you_mean(defense, specs)}")
     prepared = prepare_data(cfg)
-    weights = train_defense(cfg, specs[defense], prepared.defense_train, prepared.fingerprint, 0)
+    defense_seed = cfg.defense_training.seed_for(cfg.seeds[0] if seed is None else seed)
+    weights = train_defense(cfg, specs[defense], prepared.defense_train, prepared.fingerprint, defense_seed)
     how = "cached" if weights.cached else f"trained in {weights.train_seconds:.1f}s"
-    typer.echo(f"defense {defense}: {how} (weights fingerprint {weights.fingerprint})", err=True)
+    typer.echo(f"defense {defense} (seed {defense_seed}): {how} (weights fingerprint {weights.fingerprint})", err=True)
     typer.echo(str(weights.path))
 
 

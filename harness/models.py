@@ -83,8 +83,9 @@ def load_tokenizer(cfg: ModelConfig) -> "PreTrainedTokenizerBase":
     return _tokenizer(model_location(cfg))
 
 
-def build_encoder(cfg: ModelConfig, *, pretrained: bool = True) -> "BertModel":
-    """The base encoder with eager attention (needed for double backward); fresh weights when not pretrained."""
+def build_encoder(cfg: ModelConfig, *, pretrained: bool = True, init_seed: int | None = None) -> "BertModel":
+    """The base encoder with eager attention (needed for double backward); fresh weights when not pretrained, drawn
+    from `init_seed` when given (else from torch's global generator, or the tiny model's own seed)."""
     import torch
     from transformers import AutoConfig, AutoModel, BertConfig
 
@@ -103,7 +104,7 @@ def build_encoder(cfg: ModelConfig, *, pretrained: bool = True) -> "BertModel":
         )
         # The tiny model's "pretrained" weights are a seeded initialisation; random-init draws other ones.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(t.seed if pretrained else t.seed + 1_000_003)
+            torch.manual_seed(t.seed if pretrained else t.seed + 1_000_003 + (init_seed or 0))
             return AutoModel.from_config(config, attn_implementation="eager")
     overrides = {"num_hidden_layers": cfg.num_hidden_layers} if cfg.num_hidden_layers else {}
     if pretrained:
@@ -128,7 +129,10 @@ def build_encoder(cfg: ModelConfig, *, pretrained: bool = True) -> "BertModel":
             hf_logging.set_verbosity(verbosity)
         return model
     config = AutoConfig.from_pretrained(location, **overrides)
-    return AutoModel.from_config(config, attn_implementation="eager")
+    with torch.random.fork_rng(devices=[], enabled=init_seed is not None):
+        if init_seed is not None:
+            torch.manual_seed(init_seed)
+        return AutoModel.from_config(config, attn_implementation="eager")
 
 
 def hidden_size(encoder: "BertModel") -> int:

@@ -42,9 +42,11 @@ class DefenseContext:
     checkpoint: "Checkpointer"
 
     def base_encoder(self, pretrained: bool = True) -> torch.nn.Module:
+        """The base encoder; with `pretrained=False`, fresh weights drawn from this training's seed."""
         from harness.models import build_encoder
 
-        return build_encoder(self.model, pretrained=pretrained).to(self.device)
+        init_seed = None if pretrained else self.seed
+        return build_encoder(self.model, pretrained=pretrained, init_seed=init_seed).to(self.device)
 
 
 class Checkpointer(ABC):

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from harness.config import load_config
 from harness.defend import META_FILE, train_defense
 from harness.models import state_fingerprint
-from harness.runner import _prepare_data
+from harness.data.prepare import prepare_data
 from tests.conftest import SMOKE, sdm_command
 
 MLAC = {"name": "mlac", "params": {"steps": 4, "inner_steps": 2, "batch_size": 8, "inner_batch_sizes": [8]}}
@@ -68,7 +68,7 @@ def test_cache_hit_skips_training_and_weights_load_back_bit_identical(
 
     monkeypatch.setenv("SDM_CACHE_DIR", str(tmp_path))
     cfg = load_config(mlac_config)
-    prepared = _prepare_data(cfg)
+    prepared = prepare_data(cfg)
     trained_states = []
     original = Mlac.train
 
@@ -78,14 +78,14 @@ def test_cache_hit_skips_training_and_weights_load_back_bit_identical(
         return state
 
     monkeypatch.setattr(Mlac, "train", recording_train)
-    first = train_defense(cfg, cfg.defenses[0], prepared.train, prepared.fingerprint, 0)
+    first = train_defense(cfg, cfg.defenses[0], prepared.defense_train, prepared.fingerprint, 0)
     assert not first.cached and len(trained_states) == 1
 
     def must_not_train(self, ctx):
         raise AssertionError("a cache hit must not train")
 
     monkeypatch.setattr(Mlac, "train", must_not_train)
-    second = train_defense(cfg, cfg.defenses[0], prepared.train, prepared.fingerprint, 0)
+    second = train_defense(cfg, cfg.defenses[0], prepared.defense_train, prepared.fingerprint, 0)
     assert second.cached and second.path == first.path and second.fingerprint == first.fingerprint
 
     loaded = load_file(str(second.path))
@@ -96,5 +96,5 @@ def test_cache_hit_skips_training_and_weights_load_back_bit_identical(
 
     # A changed ingredient (here the seed) is a different cache entry, never the stale weights.
     monkeypatch.setattr(Mlac, "train", original)
-    other = train_defense(cfg, cfg.defenses[0], prepared.train, prepared.fingerprint, 1)
+    other = train_defense(cfg, cfg.defenses[0], prepared.defense_train, prepared.fingerprint, 1)
     assert not other.cached and other.path != first.path

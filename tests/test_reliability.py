@@ -25,7 +25,8 @@ from harness.config import FaultInjection, load_config
 from harness.defend import train_defense
 from harness.lock import HOLDER_FILE
 from harness.results import read_cells, read_trials
-from harness.runner import _prepare_data, plan_cells
+from harness.data.prepare import prepare_data
+from harness.runner import plan_cells
 from harness.workers import injected_fault
 from tests.conftest import SMOKE, sdm_command
 
@@ -325,8 +326,8 @@ def test_a_killed_sdm_defend_resumes_from_its_checkpoint_to_the_same_weights(
     # The same training without an interruption (in this process) ends at the very same weights.
     monkeypatch.setenv("SDM_CACHE_DIR", str(tmp_path / "straight"))
     cfg = load_config(config)
-    prepared = _prepare_data(cfg)
-    straight = train_defense(cfg, cfg.defenses[0], prepared.train, prepared.fingerprint, 0)
+    prepared = prepare_data(cfg)
+    straight = train_defense(cfg, cfg.defenses[0], prepared.defense_train, prepared.fingerprint, 0)
     assert not straight.cached
     assert json.loads((straight.path.parent / "defense.json").read_text())["resumed_from_step"] is None
     assert meta["weights_fingerprint"] == straight.fingerprint

@@ -50,6 +50,11 @@ class PoolInfo:
     description: str
     duplicates_dropped: int = 0  # rows whose text an earlier pool already holds
 
+    @property
+    def label(self) -> str:
+        """How the results tables and the run's summary name the pool: `attack: dev, 2878 rows`."""
+        return f"{self.name}: {self.split}, {self.rows} rows"
+
 
 @dataclass(frozen=True)
 class Pools:
