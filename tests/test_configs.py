@@ -7,13 +7,14 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from harness.config import ModelConfig, load_config
 from harness.models import model_location
 from harness.runner import validate_plugins
 from tests.conftest import ROOT, sdm_command
-from tests.test_data_loader import PUBLISHED, write_shard
+from tests.test_data_loader import PUBLISHED, bios, write_shard
 
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
@@ -42,7 +43,10 @@ def local_bert_l2_h128(folder: Path) -> Path:
 def test_paper_config_dry_run_plans_the_full_protocol(tmp_path: Path) -> None:
     data = tmp_path / "bias_in_bios"
     for i, (split, name) in enumerate(PUBLISHED.items()):
-        write_shard(data / name, {"train": 3000, "dev": 400, "test": 400}[split], seed=i)
+        # dev holds the attacker's validation (2000 rows) and its pool; every text distinct, as the pools require.
+        n = {"train": 3000, "dev": 2400, "test": 400}[split]
+        texts = pa.array([f"{text} ({split} {k})" for k, text in enumerate(bios(n, seed=i)[0])], pa.string())
+        write_shard(data / name, n, seed=i, hard_text=texts)
     model = local_bert_l2_h128(tmp_path / "bert_uncased_L-2_H-128_A-2")
     out = tmp_path / "run"
     result = subprocess.run(
