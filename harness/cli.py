@@ -61,7 +61,8 @@ def run(
     from rich.console import Console
 
     cfg = _load(config, set_, out)  # before the heavy imports: a broken config is reported in a moment
-    from harness.runner import Plan, run_experiment
+    from harness.plan import Plan
+    from harness.runner import run_experiment
 
     console = Console(stderr=True)
     for warning in cfg.warnings():
@@ -140,7 +141,7 @@ def defend(
     from harness.defend import train_defense
     from harness.errors import did_you_mean
     from harness.data.prepare import prepare_data
-    from harness.runner import validate_plugins
+    from harness.plan import validate_plugins
 
     cfg = _load(config, set_)
     validate_plugins(cfg, str(config))

@@ -8,8 +8,10 @@ A run directory holds
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +107,117 @@ CELL_SCHEMA = pa.schema(
 )
 
 
+# -- typed rows: each table's rows are built from these records, never as loose dicts ---------------------------------
+@dataclass(frozen=True)
+class CellKey:
+    """Which cell a row belongs to."""
+
+    defense: str
+    attack: str
+    task: str
+    budget: int
+    seed: int
+    cell_id: str
+    task_role: str  # harmful | desired
+
+
+@dataclass(frozen=True)
+class CellOrigin:
+    """ORIGIN_FIELDS: the defended weights a cell attacked and the pools it drew on."""
+
+    defense_seed: int
+    defense_seeding: str
+    defense_variant: str | None
+    budget_pool: str
+    validation_pool: str
+    test_pool: str
+    validation_rows: int
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """PROVENANCE_FIELDS: what produced a row (code, libraries, model, data, machine)."""
+
+    experiment: str
+    config_hash: str
+    package_version: str
+    git_commit: str
+    model_id: str
+    model_fingerprint: str
+    defense_fingerprint: str | None
+    data_id: str
+    data_fingerprint: str
+    ray_version: str
+    torch_version: str
+    hardware: str
+    schema_version: int = SCHEMA_VERSION
+    protocol_version: int = PROTOCOL_VERSION
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """One search trial or rerun, as the search reports it."""
+
+    phase: str  # search | rerun
+    trial_id: str
+    trial_seed: int
+    hyperparameters: str  # JSON object
+    val_accuracy: float | None
+    test_accuracy: float | None  # None for search trials: selection never sees test
+    steps_run: int | None
+    best_step: int | None
+    status: str  # ok | error | stopped
+    error: str | None
+    wall_seconds: float | None
+    node_id: str | None
+
+
+@dataclass(frozen=True)
+class CellResult:
+    """One cell's outcome, as the search reports it: the selected configuration and its reruns' test accuracy."""
+
+    status: str  # ok | failed
+    selection: str
+    n_trials: int
+    n_failed: int
+    n_reruns: int
+    wall_seconds: float
+    best_hyperparameters: str | None = None
+    best_val_accuracy: float | None = None
+    test_accuracy: float | None = None
+    test_accuracy_std: float | None = None
+
+
+@dataclass(frozen=True)
+class TrialRow:
+    key: CellKey
+    result: TrialResult
+    origin: CellOrigin
+    provenance: Provenance
+
+
+@dataclass(frozen=True)
+class CellRow:
+    key: CellKey
+    result: CellResult
+    origin: CellOrigin
+    provenance: Provenance
+
+
+def flatten(record: Any) -> dict[str, Any]:
+    """A (nested) record's fields as one flat mapping; a dict passes through."""
+    if isinstance(record, dict):
+        return record
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(record):
+        value = getattr(record, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(flatten(value))
+        else:
+            out[f.name] = value
+    return out
+
+
 def git_commit() -> str:
     try:
         out = subprocess.run(
@@ -125,35 +238,37 @@ def hardware() -> str:
     return f"cpu {platform.machine()} x{os.cpu_count()}"
 
 
-def provenance(**fields: Any) -> dict[str, Any]:
-    """The run-wide provenance columns; callers pass the experiment-specific ones."""
+def provenance(**fields: Any) -> Provenance:
+    """The run-wide provenance; callers pass the experiment-specific fields."""
     import ray
     import torch
 
     from harness import __version__
 
-    base = {
-        "schema_version": SCHEMA_VERSION,
-        "package_version": __version__,
-        "git_commit": git_commit(),
-        "ray_version": ray.__version__,
-        "torch_version": torch.__version__,
-        "hardware": hardware(),
-        "protocol_version": PROTOCOL_VERSION,
-    }
-    base.update(fields)
-    missing = [f.name for f in PROVENANCE_FIELDS if f.name not in base]
-    if missing:
-        raise ValueError(f"provenance lacks {missing}")
-    return base
+    return Provenance(
+        package_version=__version__,
+        git_commit=git_commit(),
+        ray_version=ray.__version__,
+        torch_version=torch.__version__,
+        hardware=hardware(),
+        **fields,
+    )
 
 
 def _metadata(kind: str) -> dict[bytes, bytes]:
     return {b"sdm_bench_schema_version": str(SCHEMA_VERSION).encode(), b"sdm_bench_table": kind.encode()}
 
 
-def to_table(rows: list[dict[str, Any]], schema: pa.Schema, kind: str) -> pa.Table:
-    columns = {f.name: [row.get(f.name) for row in rows] for f in schema}
+def to_table(rows: list[Any], schema: pa.Schema, kind: str) -> pa.Table:
+    """Rows (typed records or dicts) as a table of `schema`; a field the schema lacks, or one a row lacks, raises
+    instead of becoming a silent null column."""
+    flat = [flatten(row) for row in rows]
+    names = set(schema.names)
+    for row in flat:
+        if set(row) != names:
+            unknown, missing = sorted(set(row) - names), sorted(names - set(row))
+            raise ValueError(f"{kind} row does not fit its schema: unknown fields {unknown}, missing fields {missing}")
+    columns = {f.name: [row[f.name] for row in flat] for f in schema}
     return pa.Table.from_pydict(columns, schema=schema).replace_schema_metadata(_metadata(kind))
 
 
@@ -166,17 +281,14 @@ def trial_partition(run_dir: Path, row: dict[str, Any]) -> Path:
     return Path(run_dir, "trials", *parts, "trials.parquet")
 
 
-def write_cell(run_dir: Path, trial_rows: list[dict[str, Any]], cell_row: dict[str, Any]) -> None:
+def write_cell(run_dir: Path, trial_rows: list[TrialRow], cell_row: CellRow) -> None:
     """A finished cell: its trials first, then its cell row (whose presence marks the cell as done)."""
-    keep = [f for f in TRIAL_SCHEMA if f.name not in {p.name for p in PARTITION_FIELDS}]
-    table = to_table(trial_rows, pa.schema(keep), "trials")
-    write_table(trial_partition(run_dir, cell_row), table)
-    write_table(Path(run_dir, "cells", f"{cell_row['cell_id']}.parquet"), to_table([cell_row], CELL_SCHEMA, "cell"))
-
-
-def finished_cells(run_dir: Path) -> set[str]:
-    folder = Path(run_dir, "cells")
-    return {p.stem for p in folder.glob("*.parquet")} if folder.exists() else set()
+    partition = {p.name for p in PARTITION_FIELDS}
+    keep = pa.schema([f for f in TRIAL_SCHEMA if f.name not in partition])  # the partition path holds the rest
+    trials = [{k: v for k, v in flatten(row).items() if k not in partition} for row in trial_rows]
+    cell = flatten(cell_row)
+    write_table(trial_partition(run_dir, cell), to_table(trials, keep, "trials"))
+    write_table(Path(run_dir, "cells", f"{cell['cell_id']}.parquet"), to_table([cell], CELL_SCHEMA, "cell"))
 
 
 def read_trials(run_dir: Path) -> pa.Table:

@@ -7,6 +7,7 @@ restored instead of started over. One driver at a time holds a run directory (`h
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ import numpy as np
 
 from harness.config import ExperimentConfig
 from harness.errors import UserError
-from harness.search import Cell
+from harness.plan import Cell, Plan, plan_cells, validate_plugins
 
 if TYPE_CHECKING:
     from harness.data.prepare import PreparedData
@@ -27,18 +28,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
-
-
-@dataclass
-class Plan:
-    cells: list[Cell]
-    finished: set[str]  # cells with a result: never recomputed
-    failed: set[str]  # cells recorded as failed by an earlier run: run again
-    trials_per_cell: int
-
-    @property
-    def todo(self) -> list[Cell]:
-        return [c for c in self.cells if c.cell_id not in self.finished]
 
 
 @dataclass
@@ -50,28 +39,6 @@ class RunSummary:
     seconds: float
     tables: dict[str, Path] = field(default_factory=dict)
     pools: dict[str, Any] = field(default_factory=dict)  # pool name -> PoolInfo: what each stage drew its rows from
-
-
-def plan_cells(cfg: ExperimentConfig, run_dir: Path) -> Plan:
-    from harness.results import read_cells
-
-    roles = {"harmful": cfg.tasks.harmful, "desired": cfg.tasks.desired}
-    cells = [
-        Cell(d.cell_name, a.cell_name, roles[role], role, budget, seed)
-        for d in cfg.defenses
-        for a in cfg.attacks
-        for role in cfg.tasks.attacked
-        for budget in cfg.budgets_for(role)
-        if cfg.runs_at(a, budget)
-        for seed in cfg.seeds
-    ]
-    status = {row["cell_id"]: row["status"] for row in read_cells(run_dir).select(["cell_id", "status"]).to_pylist()}
-    return Plan(
-        cells,
-        {c for c, s in status.items() if s == "ok"},
-        {c for c, s in status.items() if s != "ok"},
-        cfg.search.num_samples + cfg.search.reruns,
-    )
 
 
 def check_run_dir(cfg: ExperimentConfig, run_dir: Path) -> None:
@@ -112,22 +79,6 @@ def _writable(run_dir: Path) -> None:
             pass
     except OSError as exc:
         raise UserError(f"output '{run_dir}': directory '{probe}' is not writable ({exc.strerror})") from None
-
-
-def validate_plugins(cfg: ExperimentConfig, origin: str) -> dict[str, Any]:
-    """Instantiate every plugin once so bad names, params and spaces fail before anything runs."""
-    from harness.defend import make_defense
-    from harness.registry import ATTACKS
-
-    from harness.search import check_search
-
-    for spec in cfg.defenses:
-        make_defense(spec, origin)
-    attacks = {
-        spec.cell_name: ATTACKS.get(spec.name).from_spec(spec.params, spec.space, origin) for spec in cfg.attacks
-    }
-    check_search(cfg.search, attacks, origin)
-    return attacks
 
 
 def run_experiment(
@@ -212,7 +163,7 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
     from harness.defend import cache_root, load_defended, make_defense, train_defense
     from harness.models import base_fingerprint, model_id
     from harness.plugins import CellData
-    from harness.results import provenance, write_cell, write_cells_table
+    from harness.results import CellKey, CellOrigin, CellRow, TrialRow, provenance, write_cell, write_cells_table
     from harness.search import CellPayload, discard_search, run_cell, tune_dir
     from harness.workers import WorkerPool
 
@@ -239,13 +190,6 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
         data_id=prepared.corpus_source,
         data_fingerprint=prepared.fingerprint,
     )
-    origin = {
-        "defense_seeding": cfg.defense_training.seeding,
-        "budget_pool": prepared.pools["attack"].label,
-        "validation_pool": prepared.pools["validation"].label,
-        "test_pool": prepared.pools["test"].label,
-        "validation_rows": len(prepared.val),
-    }
     variants = {spec.cell_name: make_defense(spec, "config").variant() for spec in cfg.defenses}
     todo = plan.todo
     summary = RunSummary(run_dir, 0, len(plan.cells) - len(todo), [], 0.0, pools=prepared.pools)
@@ -274,8 +218,16 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
                     f"defense {defense_name} (seed {defense_seed}): "
                     f"{'cached' if weights.cached else f'trained in {weights.train_seconds:.0f}s'} ({weights.path})"
                 )
-                stamp = {**common, **origin, "defense_fingerprint": weights.fingerprint, "defense_seed": defense_seed,
-                         "defense_variant": variants[defense_name]}
+                stamp = dataclasses.replace(common, defense_fingerprint=weights.fingerprint)
+                origin = CellOrigin(
+                    defense_seed=defense_seed,
+                    defense_seeding=cfg.defense_training.seeding,
+                    defense_variant=variants[defense_name],
+                    budget_pool=prepared.pools["attack"].label,
+                    validation_pool=prepared.pools["validation"].label,
+                    test_pool=prepared.pools["test"].label,
+                    validation_rows=len(prepared.val),
+                )
                 features = _feature_cache(cfg, state, attacks, prepared)
                 for cell in [c for c in todo if c.defense == defense_name and seed_for(c.seed) == defense_seed]:
                     progress.update(trials_bar, description=f"trials {cell.cell_id}")
@@ -286,20 +238,18 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
                     cell_features = features(cell, rows_idx) if attack.needs_features() else None
                     payload = CellPayload(cfg.model, state, data, cell_features, attack,
                                           cfg.search.eval_every, cfg.search.resources_per_trial.cpu)
-                    trial_rows, cell_row = run_cell(
+                    key = CellKey(cell.defense, cell.attack, cell.task, cell.budget, cell.seed, cell.cell_id,
+                                  cell.task_role)
+                    trial_results, cell_result = run_cell(
                         cfg, cell, payload, pool=pool, storage=storage, resume=resume,
                         on_trial=lambda: progress.advance(trials_bar),
                     )
-                    keys = {"defense": cell.defense, "attack": cell.attack, "task": cell.task,
-                            "budget": cell.budget, "seed": cell.seed, "cell_id": cell.cell_id,
-                            "task_role": cell.task_role}
-                    trial_rows = [{**keys, **row, **stamp} for row in trial_rows]
-                    cell_row = {**keys, **cell_row, **stamp}
-                    write_cell(run_dir, trial_rows, cell_row)
+                    cell_row = CellRow(key, cell_result, origin, stamp)
+                    write_cell(run_dir, [TrialRow(key, r, origin, stamp) for r in trial_results], cell_row)
                     discard_search(storage, cell)  # recorded: nothing left to resume (a failed cell starts afresh)
                     write_cells_table(run_dir)
                     summary.cells_run += 1
-                    if cell_row["status"] != "ok":
+                    if cell_result.status != "ok":
                         summary.failed.append(cell.cell_id)
                     progress.advance(cells_bar)
     finally:

@@ -11,7 +11,6 @@ import logging
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,27 +22,14 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from harness.config import ExperimentConfig, SearchConfig
-from harness.errors import UserError
+from harness.plan import Cell, max_steps
+from harness.results import CellResult, TrialResult
 from harness.plugins import Attack
-from harness.space import Choice, Fixed, IntRange, to_tune
+from harness.space import Fixed, to_tune
 from harness.trial import FINAL, METRIC, config_json, derive_seed, proxy_trial, trial_seed
 from harness.workers import CellPayload, WorkerPool
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Cell:
-    defense: str
-    attack: str
-    task: str
-    task_role: str
-    budget: int
-    seed: int
-
-    @property
-    def cell_id(self) -> str:
-        return f"{self.defense}__{self.attack}__{self.task}__b{self.budget}__s{self.seed}"
 
 
 # -- driver side ----------------------------------------------------------------------------------------------------
@@ -124,31 +110,6 @@ def asha_scheduler(search: SearchConfig, attack: Attack) -> ASHAScheduler | None
                          reduction_factor=search.asha.reduction_factor)
 
 
-def max_steps(attack: Attack) -> int:
-    dim = attack.space.get("steps")
-    if isinstance(dim, IntRange):
-        return dim.high
-    if isinstance(dim, Choice) and all(isinstance(v, int) for v in dim.values):
-        return max(dim.values)
-    if isinstance(dim, Fixed) and isinstance(dim.value, int):
-        return dim.value
-    raise ValueError(f"attack '{attack.name}' has no integer 'steps' dimension to count ASHA's rungs in")
-
-
-def check_search(search: SearchConfig, attacks: dict[str, Attack], origin: str) -> None:
-    """What the search protocol needs from the attacks, checked before anything runs."""
-    if search.asha is None:
-        return
-    for attack in attacks.values():
-        try:
-            steps = max_steps(attack)
-        except ValueError as exc:
-            raise UserError(f"{origin}: search.asha: {exc}") from None
-        if search.asha.grace_period >= steps:
-            raise UserError(f"{origin}: search.asha.grace_period {search.asha.grace_period} is not below the most "
-                            f"steps attack '{attack.name}' runs ({steps}): ASHA would never stop a trial")
-
-
 def tune_dir(cfg: ExperimentConfig, run_dir: Path) -> str:
     if cfg.cluster.storage_path:
         # The config hash keeps another config of the same experiment from restoring (or discarding) these searches.
@@ -166,8 +127,8 @@ def run_cell(
     storage: str,
     resume: bool,
     on_trial: Callable[[], None] = lambda: None,
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Search, rerun and score one cell; returns (trial rows, cell row) without provenance columns."""
+) -> tuple[list[TrialResult], CellResult]:
+    """Search, rerun and score one cell: its trials' and its own results (the runner adds key, origin, provenance)."""
     started = time.perf_counter()
     search = cfg.search
     holder = [ray.put(payload)]
@@ -211,7 +172,8 @@ def run_cell(
         )
     grid = tuner.fit()
     steps_ran = pool.settle()  # trials still training when the search ended stop now
-    rows: list[dict[str, Any]] = []
+    rows: list[TrialResult] = []
+    configs: list[dict[str, Any]] = []
     for result in grid:
         metrics = result.metrics or {}
         config = {k: v for k, v in (result.config or {}).items()}
@@ -220,80 +182,62 @@ def run_cell(
         # No error and no final result: cut short by ASHA, or by the plateau stop ending the search. Its validation
         # accuracy is its best check before the cut, its steps those its worker ran; selection never picks it.
         status = "ok" if ok else ("error" if result.error is not None else "stopped")
-        rows.append(
-            {
-                "phase": "search",
-                "trial_id": trial_id,
-                "trial_seed": trial_seed(cell.seed, config),  # also for failed trials: enough to reproduce one
-                "hyperparameters": config_json(config),
-                "val_accuracy": metrics.get(METRIC) if status != "error" else None,
-                "test_accuracy": None,
-                "steps_run": metrics.get("steps_run") if ok else steps_ran.get(trial_id),
-                "best_step": metrics.get("best_step"),
-                "node_id": metrics.get("node_id"),
-                "status": status,
-                "error": _error_text(result.error) if status == "error" else None,
-                "wall_seconds": metrics.get("compute_seconds"),
-                "_config": config,
-            }
-        )
-    good = [r for r in rows if r["status"] == "ok"]
-    cell_row: dict[str, Any] = {
-        "n_trials": len(rows),
-        "n_failed": sum(r["status"] == "error" for r in rows),
-        "selection": search.selection,
-    }
+        configs.append(config)
+        rows.append(TrialResult(
+            phase="search",
+            trial_id=trial_id,
+            trial_seed=trial_seed(cell.seed, config),  # also for failed trials: enough to reproduce one
+            hyperparameters=config_json(config),
+            val_accuracy=metrics.get(METRIC) if status != "error" else None,
+            test_accuracy=None,
+            steps_run=metrics.get("steps_run") if ok else steps_ran.get(trial_id),
+            best_step=metrics.get("best_step"),
+            status=status,
+            error=_error_text(result.error) if status == "error" else None,
+            wall_seconds=metrics.get("compute_seconds"),
+            node_id=metrics.get("node_id"),
+        ))
+    good = [i for i, r in enumerate(rows) if r.status == "ok"]
+    counts = {"selection": search.selection, "n_trials": len(rows), "n_failed": sum(r.status == "error" for r in rows)}
     if not good:
-        cell_row.update(status="failed", n_reruns=0)
-        for row in rows:
-            row.pop("_config")
-        cell_row["wall_seconds"] = time.perf_counter() - started
-        return rows, cell_row
+        return rows, CellResult(status="failed", n_reruns=0, wall_seconds=time.perf_counter() - started, **counts)
     # Ties go to the earliest trial, so selection does not depend on the order results came back in.
-    best = max(good, key=lambda r: (r["val_accuracy"], -rows.index(r)))
-    best_config = best["_config"]
-    for row in rows:
-        row.pop("_config")
+    best_index = max(good, key=lambda i: (rows[i].val_accuracy, -i))
+    best = rows[best_index]
     seeds = [derive_seed(cell.cell_id, "rerun", i) for i in range(search.reruns)]
     # Reruns get the search trials' retries; one that still fails leaves the cell without its test estimate, which
     # is defined over all `reruns` seeds: the cell is failed rather than reported over fewer.
-    outcomes = pool.run_all(holder, [(best_config, seed) for seed in seeds], True, search.max_failures + 1)
+    outcomes = pool.run_all(holder, [(configs[best_index], seed) for seed in seeds], True, search.max_failures + 1)
     reruns = []
     for i, (seed, outcome) in enumerate(zip(seeds, outcomes)):
         ok = isinstance(outcome, dict)
-        reruns.append(
-            {
-                "phase": "rerun",
-                "trial_id": f"rerun-{i}",
-                "trial_seed": seed,
-                "hyperparameters": best["hyperparameters"],
-                "val_accuracy": outcome["val_accuracy"] if ok else None,
-                "test_accuracy": outcome["test_accuracy"] if ok else None,
-                "steps_run": outcome["steps_run"] if ok else None,
-                "best_step": outcome["best_step"] if ok else None,
-                "status": "ok" if ok else "error",
-                "error": None if ok else _error_text(outcome),
-                "wall_seconds": outcome["seconds"] if ok else None,
-                "node_id": outcome["node_id"] if ok else None,
-            }
-        )
+        reruns.append(TrialResult(
+            phase="rerun",
+            trial_id=f"rerun-{i}",
+            trial_seed=seed,
+            hyperparameters=best.hyperparameters,
+            val_accuracy=outcome["val_accuracy"] if ok else None,
+            test_accuracy=outcome["test_accuracy"] if ok else None,
+            steps_run=outcome["steps_run"] if ok else None,
+            best_step=outcome["best_step"] if ok else None,
+            status="ok" if ok else "error",
+            error=None if ok else _error_text(outcome),
+            wall_seconds=outcome["seconds"] if ok else None,
+            node_id=outcome["node_id"] if ok else None,
+        ))
         on_trial()
-    tests = [r["test_accuracy"] for r in reruns if r["status"] == "ok"]
-    cell_row.update(
-        best_hyperparameters=best["hyperparameters"],
-        best_val_accuracy=best["val_accuracy"],
+    tests = [r.test_accuracy for r in reruns if r.status == "ok"]
+    complete = len(tests) == len(reruns)
+    return rows + reruns, CellResult(
+        status="ok" if complete else "failed",
         n_reruns=len(tests),
         wall_seconds=time.perf_counter() - started,
+        best_hyperparameters=best.hyperparameters,
+        best_val_accuracy=best.val_accuracy,
+        test_accuracy=statistics.fmean(tests) if complete else None,
+        test_accuracy_std=(statistics.stdev(tests) if len(tests) > 1 else 0.0) if complete else None,
+        **counts,
     )
-    if len(tests) < len(reruns):
-        cell_row.update(status="failed")
-    else:
-        cell_row.update(
-            status="ok",
-            test_accuracy=statistics.fmean(tests),
-            test_accuracy_std=statistics.stdev(tests) if len(tests) > 1 else 0.0,
-        )
-    return rows + reruns, cell_row
 
 
 def search_path(storage: str, cell: Cell) -> str:

@@ -17,7 +17,7 @@ from harness.errors import UserError
 from harness.models import build_encoder
 from harness.plugins import CellData
 from harness.results import read_cells, read_trials
-from harness.runner import validate_plugins
+from harness.plan import validate_plugins
 from harness.search import CellPayload, PlateauStopper
 from harness.training import Features, encode
 from harness.trial import FINAL, METRIC

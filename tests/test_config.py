@@ -89,7 +89,7 @@ def test_content_hash_ignores_output_location(tmp_path: Path):
 
 
 def test_per_task_and_per_attack_budgets_shape_the_cell_plan(tmp_path: Path):
-    from harness.runner import plan_cells
+    from harness.plan import plan_cells
 
     cfg = load_config(SMOKE, ["desired_budgets=[60]", "attacks.0.budgets=[30, 60]"])
     cells = plan_cells(cfg, tmp_path / "run").cells

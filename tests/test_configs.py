@@ -12,7 +12,7 @@ import pytest
 
 from harness.config import ModelConfig, load_config
 from harness.models import model_location
-from harness.runner import validate_plugins
+from harness.plan import validate_plugins
 from tests.conftest import ROOT, sdm_command
 from tests.test_data_loader import PUBLISHED, bios, write_shard
 
@@ -98,7 +98,7 @@ def test_published_reproduction_is_a_complete_run_of_the_shipped_config(config: 
     import pyarrow.parquet as pq
 
     from harness.results import PROTOCOL_VERSION
-    from harness.runner import plan_cells
+    from harness.plan import plan_cells
 
     cfg = load_config(ROOT / "configs" / config)
     table = pq.read_table(ROOT / "results" / cells_file)

@@ -64,14 +64,16 @@ def cell(defense: str, attack: str, role: str, budget: int, seed: int, acc: floa
 
 
 def write_run(run_dir: Path, cells: list[dict]) -> Path:
+    unset = dict.fromkeys(results.CELL_SCHEMA.names)
     for row in cells:
-        results.write_cell(run_dir, [], row)
+        results.write_cell(run_dir, [], {**unset, **row})
     results.write_cells_table(run_dir)
     return run_dir
 
 
 def table(cells: list[dict]):
-    return results.to_table(cells, results.CELL_SCHEMA, "cells")
+    unset = dict.fromkeys(results.CELL_SCHEMA.names)  # columns a test does not set are null, as in older files
+    return results.to_table([{**unset, **c} for c in cells], results.CELL_SCHEMA, "cells")
 
 
 def row(tables, defense: str, attack: str, budget: int, role: str = "harmful") -> dict:

@@ -26,7 +26,7 @@ from harness.defend import train_defense
 from harness.lock import HOLDER_FILE
 from harness.results import read_cells, read_trials
 from harness.data.prepare import prepare_data
-from harness.runner import plan_cells
+from harness.plan import plan_cells
 from harness.workers import injected_fault
 from tests.conftest import SMOKE, sdm_command
 
