@@ -135,10 +135,6 @@ def build_encoder(cfg: ModelConfig, *, pretrained: bool = True, init_seed: int |
         return AutoModel.from_config(config, attn_implementation="eager")
 
 
-def hidden_size(encoder: "BertModel") -> int:
-    return int(encoder.config.hidden_size)
-
-
 def state_fingerprint(state: dict[str, "torch.Tensor"]) -> str:
     """Content hash of a state dict (names, dtypes, shapes and bytes)."""
     import torch

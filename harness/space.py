@@ -82,15 +82,3 @@ def to_tune(space: Space) -> dict[str, Any]:
             out[name] = dim.value
     return out
 
-
-def size(space: Space) -> float:
-    """Number of distinct configurations, or infinity when any dimension is continuous."""
-    total = 1.0
-    for dim in space.values():
-        if isinstance(dim, (LogUniform, Uniform)):
-            return float("inf")
-        if isinstance(dim, IntRange):
-            total *= dim.high - dim.low + 1
-        elif isinstance(dim, Choice):
-            total *= len(dim.values)
-    return total
