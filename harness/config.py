@@ -457,9 +457,11 @@ def _inner_model(annotation: Any) -> Any:
     return None
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    path = Path(path)
-    origin = str(path)
+EXTENDS = "extends"
+
+
+def read_yaml(path: Path, origin: str) -> dict[str, Any]:
+    """One YAML file as a mapping, every problem reported as one line naming the file."""
     if not path.exists():
         raise UserError(f"{origin}: config file not found")
     if path.is_dir():
@@ -478,6 +480,40 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
         raw = {}
     if not isinstance(raw, dict):
         raise UserError(f"{origin}: expected a mapping at the top level, got {type(raw).__name__}")
+    return raw
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`override` on top of `base`: mappings merge key by key, anything else (lists included) is replaced whole."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def resolve_extends(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config with its `extends:` chain merged in: the named file (relative to this one's folder) first, then
+    this file on top. Validation happens once, on the result, so unknown keys are still refused."""
+    origin = str(path)
+    if path.resolve() in seen:
+        chain = " -> ".join(str(p) for p in (*seen, path.resolve()))
+        raise UserError(f"{origin}: {EXTENDS}: configs extend each other in a cycle ({chain})")
+    raw = read_yaml(path, origin)
+    parent = raw.pop(EXTENDS, None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str) or not parent:
+        raise UserError(f"{origin}: {EXTENDS}: expected the path of another config file, got {parent!r}")
+    base_path = path.parent / parent
+    if not base_path.is_file():
+        raise UserError(f"{origin}: {EXTENDS}: '{parent}' not found (looked for {base_path})")
+    return merge(resolve_extends(base_path, (*seen, path.resolve())), raw)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    path = Path(path)
+    origin = str(path)
+    raw = resolve_extends(path)
     raw = apply_overrides(raw, overrides or [], origin)
     return validate(ExperimentConfig, raw, origin)
 
