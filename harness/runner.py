@@ -24,6 +24,7 @@ from harness.plan import Cell, Plan, plan_cells, validate_plugins
 
 if TYPE_CHECKING:
     from harness.data.prepare import PreparedData
+    from harness.results import CellOrigin, Provenance
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,11 @@ def run_experiment(
 
 
 def _start_ray(cfg: ExperimentConfig, address: str | None) -> None:
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    import optuna
     import ray
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     address = address or cfg.cluster.address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():
@@ -156,45 +161,20 @@ def _check_fits(cfg: ExperimentConfig, available: dict[str, float]) -> None:
 
 
 def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, started) -> RunSummary:
-    import ray
+    """Train (or find) each defense a cell still needs, then search every unfinished cell against it."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from harness.atomic import clean_leftovers, write_text_atomic
-    from harness.defend import cache_root, load_defended, make_defense, train_defense
-    from harness.models import base_fingerprint, model_id
-    from harness.plugins import CellData
-    from harness.results import CellKey, CellOrigin, CellRow, TrialRow, provenance, write_cell, write_cells_table
-    from harness.search import CellPayload, discard_search, run_cell, tune_dir
+    from harness.results import write_cells_table
+    from harness.search import tune_dir
     from harness.workers import WorkerPool
 
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     _start_ray(cfg, address)  # first: it may still refuse the config, and nothing is written yet
-    run_dir.mkdir(parents=True, exist_ok=True)
-    clean_leftovers(run_dir)
-    write_text_atomic(
-        run_dir / RUN_FILE,
-        json.dumps({"experiment": cfg.experiment, "config_hash": cfg.content_hash(),
-                    "config": cfg.model_dump(mode="json")}, indent=2),
-    )
+    _open_run_dir(cfg, run_dir)
     storage = tune_dir(cfg, run_dir)
-    base_fp = base_fingerprint(cfg.model)
-    common = provenance(
-        experiment=cfg.experiment,
-        config_hash=cfg.content_hash(),
-        model_id=model_id(cfg.model),
-        model_fingerprint=base_fp,
-        defense_fingerprint=None,
-        data_id=prepared.corpus_source,
-        data_fingerprint=prepared.fingerprint,
-    )
-    variants = {spec.cell_name: make_defense(spec, "config").variant() for spec in cfg.defenses}
+    stamp = _run_provenance(cfg, prepared)
     todo = plan.todo
     summary = RunSummary(run_dir, 0, len(plan.cells) - len(todo), [], 0.0, pools=prepared.pools)
-    defense_specs = {d.cell_name: d for d in cfg.defenses}
-    train_remote = ray.remote(train_defense)
+    seed_for = cfg.defense_training.seed_for
     pool = WorkerPool(cfg.search.max_concurrent, cfg.search.resources_per_trial, cfg.search.fault_injection)
     try:
         with Progress(
@@ -203,53 +183,15 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
         ) as progress:
             cells_bar = progress.add_task("cells", total=len(plan.cells), completed=summary.cells_skipped)
             trials_bar = progress.add_task("trials", total=len(todo) * plan.trials_per_cell)
-            seed_for = cfg.defense_training.seed_for
             # Per-seed defenses: each cell seed attacks a defense trained with that seed (`seeding: shared`: seed 0).
             for defense_name, defense_seed in dict.fromkeys((c.defense, seed_for(c.seed)) for c in todo):
-                spec = defense_specs[defense_name]
-                resources = cfg.defense_training.resources
-                weights = ray.get(
-                    train_remote.options(num_cpus=resources.cpu, num_gpus=resources.gpu).remote(
-                        cfg, spec, prepared.defense_train, prepared.fingerprint, defense_seed, cache_root(cfg)
-                    )
-                )
-                state = load_defended(weights)
-                progress.console.log(
-                    f"defense {defense_name} (seed {defense_seed}): "
-                    f"{'cached' if weights.cached else f'trained in {weights.train_seconds:.0f}s'} ({weights.path})"
-                )
-                stamp = dataclasses.replace(common, defense_fingerprint=weights.fingerprint)
-                origin = CellOrigin(
-                    defense_seed=defense_seed,
-                    defense_seeding=cfg.defense_training.seeding,
-                    defense_variant=variants[defense_name],
-                    budget_pool=prepared.pools["attack"].label,
-                    validation_pool=prepared.pools["validation"].label,
-                    test_pool=prepared.pools["test"].label,
-                    validation_rows=len(prepared.val),
-                )
-                features = _feature_cache(cfg, state, attacks, prepared)
+                defended = _defend(cfg, defense_name, defense_seed, prepared, attacks, stamp, progress)
                 for cell in [c for c in todo if c.defense == defense_name and seed_for(c.seed) == defense_seed]:
                     progress.update(trials_bar, description=f"trials {cell.cell_id}")
-                    rows_idx = prepared.budget_rows[(cell.task, cell.seed)][cell.budget]
-                    attack = attacks[cell.attack]
-                    data = CellData(prepared.attack_pool.subset(rows_idx), prepared.val, prepared.test,
-                                    cell.task, cfg.data.labels[cell.task])
-                    cell_features = features(cell, rows_idx) if attack.needs_features() else None
-                    payload = CellPayload(cfg.model, state, data, cell_features, attack,
-                                          cfg.search.eval_every, cfg.search.resources_per_trial.cpu)
-                    key = CellKey(cell.defense, cell.attack, cell.task, cell.budget, cell.seed, cell.cell_id,
-                                  cell.task_role)
-                    trial_results, cell_result = run_cell(
-                        cfg, cell, payload, pool=pool, storage=storage, resume=resume,
-                        on_trial=lambda: progress.advance(trials_bar),
-                    )
-                    cell_row = CellRow(key, cell_result, origin, stamp)
-                    write_cell(run_dir, [TrialRow(key, r, origin, stamp) for r in trial_results], cell_row)
-                    discard_search(storage, cell)  # recorded: nothing left to resume (a failed cell starts afresh)
-                    write_cells_table(run_dir)
+                    status = _attack_cell(cfg, cell, defended, prepared, attacks, pool, storage, resume, run_dir,
+                                          on_trial=lambda: progress.advance(trials_bar))
                     summary.cells_run += 1
-                    if cell_result.status != "ok":
+                    if status != "ok":
                         summary.failed.append(cell.cell_id)
                     progress.advance(cells_bar)
     finally:
@@ -257,6 +199,94 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
     summary.tables = {"trials": run_dir / "trials", "cells": write_cells_table(run_dir)}
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _open_run_dir(cfg: ExperimentConfig, run_dir: Path) -> None:
+    """The run directory, cleared of a killed writer's temporary files, with the config it holds results of."""
+    from harness.atomic import clean_leftovers, write_text_atomic
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(run_dir)
+    write_text_atomic(
+        run_dir / RUN_FILE,
+        json.dumps({"experiment": cfg.experiment, "config_hash": cfg.content_hash(),
+                    "config": cfg.model_dump(mode="json")}, indent=2),
+    )
+
+
+def _run_provenance(cfg: ExperimentConfig, prepared: PreparedData) -> Provenance:
+    from harness.models import base_fingerprint, model_id
+    from harness.results import provenance
+
+    return provenance(
+        experiment=cfg.experiment,
+        config_hash=cfg.content_hash(),
+        model_id=model_id(cfg.model),
+        model_fingerprint=base_fingerprint(cfg.model),
+        defense_fingerprint=None,
+        data_id=prepared.corpus_source,
+        data_fingerprint=prepared.fingerprint,
+    )
+
+
+@dataclass(frozen=True)
+class Defended:
+    """One trained defense as its cells use it: the weights, their frozen features, and what every row records."""
+
+    state: dict[str, Any]
+    features: Any  # (cell, budget rows) -> Features, or None for attacks that need none
+    origin: CellOrigin
+    provenance: Provenance
+
+
+def _defend(cfg, defense_name, defense_seed, prepared, attacks, stamp, progress) -> Defended:
+    """Train the defense with this seed as a Ray task (or find it in the cache) and load it for its cells."""
+    import ray
+
+    from harness.defend import cache_root, load_defended, make_defense, train_defense
+    from harness.results import CellOrigin
+
+    spec = next(d for d in cfg.defenses if d.cell_name == defense_name)
+    resources = cfg.defense_training.resources
+    task = ray.remote(train_defense).options(num_cpus=resources.cpu, num_gpus=resources.gpu)
+    weights = ray.get(task.remote(cfg, spec, prepared.defense_train, prepared.fingerprint, defense_seed,
+                                  cache_root(cfg)))
+    how = "cached" if weights.cached else f"trained in {weights.train_seconds:.0f}s"
+    progress.console.log(f"defense {defense_name} (seed {defense_seed}): {how} ({weights.path})")
+    state = load_defended(weights)
+    origin = CellOrigin(
+        defense_seed=defense_seed,
+        defense_seeding=cfg.defense_training.seeding,
+        defense_variant=make_defense(spec, "config").variant(),
+        budget_pool=prepared.pools["attack"].label,
+        validation_pool=prepared.pools["validation"].label,
+        test_pool=prepared.pools["test"].label,
+        validation_rows=len(prepared.val),
+    )
+    features = _feature_cache(cfg, state, attacks, prepared)
+    return Defended(state, features, origin, dataclasses.replace(stamp, defense_fingerprint=weights.fingerprint))
+
+
+def _attack_cell(cfg, cell, defended, prepared, attacks, pool, storage, resume, run_dir, on_trial) -> str:
+    """Search one cell, write its trials and its row (the cell is finished once its row exists); its status."""
+    from harness.plugins import CellData
+    from harness.results import CellKey, CellRow, TrialRow, write_cell, write_cells_table
+    from harness.search import CellPayload, discard_search, run_cell
+
+    rows = prepared.budget_rows[(cell.task, cell.seed)][cell.budget]
+    attack = attacks[cell.attack]
+    data = CellData(prepared.attack_pool.subset(rows), prepared.val, prepared.test, cell.task,
+                    cfg.data.labels[cell.task])
+    features = defended.features(cell, rows) if attack.needs_features() else None
+    payload = CellPayload(cfg.model, defended.state, data, features, attack, cfg.search.eval_every,
+                          cfg.search.resources_per_trial.cpu)
+    trials, result = run_cell(cfg, cell, payload, pool=pool, storage=storage, resume=resume, on_trial=on_trial)
+    key = CellKey(cell.defense, cell.attack, cell.task, cell.budget, cell.seed, cell.cell_id, cell.task_role)
+    write_cell(run_dir, [TrialRow(key, t, defended.origin, defended.provenance) for t in trials],
+               CellRow(key, result, defended.origin, defended.provenance))
+    discard_search(storage, cell)  # recorded: nothing left to resume (a failed cell starts afresh)
+    write_cells_table(run_dir)
+    return result.status
 
 
 def _feature_cache(cfg: ExperimentConfig, state: dict, attacks: dict[str, Any], prepared: PreparedData):
