@@ -81,7 +81,8 @@ def run(
         "defenses: " + (f"trained per seed (seeds {', '.join(map(str, cfg.seeds))})" if seeding == "per-seed"
                         else "one training (seed 0) shared by every seed")
     )
-    from harness.leaderboard import build_leaderboard, render_terminal
+    from harness.report.publish import build_leaderboard
+    from harness.report.render.terminal import render_terminal
 
     files = build_leaderboard([result.run_dir])
     Console().print(render_terminal(files))
@@ -175,7 +176,8 @@ def leaderboard(
     """Merge runs into leaderboard tables (Parquet, Markdown, HTML) and plots."""
     from rich.console import Console
 
-    from harness.leaderboard import build_leaderboard, render_terminal
+    from harness.report.publish import build_leaderboard
+    from harness.report.render.terminal import render_terminal
     from harness.report.stats import BLOCK_MARGIN, UTILITY_MARGIN
 
     files = build_leaderboard(

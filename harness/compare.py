@@ -1,8 +1,8 @@
 """Does a rerun reproduce a published result? Group by group, the rerun's mean test accuracy against the published
 95% interval, and each defense's gap to random-init against the published gap's interval.
 
-Both sides are aggregated exactly as the leaderboard does (`harness.leaderboard.aggregate`), from cells tables: a run
-directory, or a cells Parquet file such as a published `results/reproduce/cells.parquet`. Groups only one side has
+Both sides are aggregated exactly as the leaderboard does (`harness.report.aggregate.aggregate`), from cells tables:
+a run directory, or a cells Parquet file such as a published `results/reproduce/cells.parquet`. Groups only one side has
 (another run's defenses merged into a published leaderboard, say) are listed, not compared. The verdicts are
 re-derived on both sides with the leaderboard's rules (per budget, the worst budget decides, utility against bert),
 and whether they agree is reported with the gap that decided each.
@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from harness.errors import UserError
-from harness.leaderboard import aggregate
+from harness.report.aggregate import aggregate
 from harness.results import CELL_SCHEMA, conform, read_cells
 
 KEY = ("defense", "attack", "task", "budget")

@@ -545,3 +545,47 @@ def test_cli_writes_files_and_reports_bad_merges(tmp_path: Path):
     assert bad.returncode == 2
     assert bad.stderr.strip().startswith("error: cannot merge runs") and "data_fingerprint" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+# -- extending the report (docs/adding-a-report-column.md) -----------------------------------------------------
+def test_the_report_column_and_format_of_the_guide_show_everywhere(tmp_path: Path, standard_run: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch):
+    import re
+
+    from rich.console import Console
+
+    from harness.report import columns, render
+
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "adding-a-report-column.md").read_text()
+    column_code, format_code = re.findall(r"```python\n(.*?)```", guide, flags=re.S)
+    column_ns: dict[str, Any] = {}
+    exec(column_code, column_ns)  # noqa: S102 - the guide's own code, as a reader would paste it
+    format_ns: dict[str, Any] = {}
+    exec(format_code, format_ns)  # noqa: S102
+    position = [c.name for c in columns.SUMMARY_COLUMNS].index("harmful_accuracy_mean") + 1
+    monkeypatch.setattr(columns, "SUMMARY_COLUMNS", (*columns.SUMMARY_COLUMNS[:position], column_ns["COLUMN"],
+                                                     *columns.SUMMARY_COLUMNS[position:]))
+    render.register_format(format_ns["FORMAT"])
+    try:
+        files = build_leaderboard([standard_run], tmp_path / "board")
+    finally:
+        render.unregister_format("csv")
+    summary_rows = {r["defense"]: r for r in pq.read_table(files.summary).to_pylist()}
+    # worst case at 200: the probe (+0.02) over seeds 0-2 (+0.00, +0.01, +0.02)
+    for defense, base in {"random-init": 0.5, "bert": 0.7, "mlac": 0.52}.items():
+        assert summary_rows[defense]["harmful_accuracy_max_budget"] == pytest.approx(base + 0.2 + 0.02 + 0.01)
+    names = pq.read_table(files.summary).column_names
+    assert names.index("harmful_accuracy_max_budget") == names.index("harmful_accuracy_mean") + 1
+    markdown = files.markdown.read_text()
+    assert "| harmful acc (mean over budgets) | harmful acc @ 200 | desired acc @ 200 |" in markdown
+    assert "<th>harmful acc @ 200</th>" in files.html.read_text() and "<td>0.750</td>" in files.html.read_text()
+    csv_file = files.documents["csv"]
+    assert csv_file == tmp_path / "board" / "summary.csv" and files.paths()["csv"] == csv_file
+    csv_text = csv_file.read_text()
+    assert csv_text.splitlines()[0].split(",")[:2] == ["defense", "verdict"] and "harmful acc @ 200" in csv_text
+    assert csv_text.splitlines()[3].startswith("mlac,") and ",0.750," in csv_text.splitlines()[3]
+    console = Console(record=True, width=250)
+    console.print(render_terminal(files))
+    text = console.export_text()
+    assert "harmful" in text and "@ max" in text and "0.750" in text
+    assert "csv" not in render.FORMATS and "harmful_accuracy_max_budget" not in SUMMARY_SCHEMA.names

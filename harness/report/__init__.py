@@ -1,3 +1,4 @@
-"""Leaderboard reporting: statistics over seeds (`stats`), the tables' schemas (`tables`) and their renderers
-(`render`), merging runs and the cautions (`merge`). `harness.leaderboard` aggregates cells with these and publishes
-the files."""
+"""The report stage, by its data flow: merge runs into one cells table (`merge`), aggregate it over seeds
+(`aggregate`, with the rules in `stats`) into the published tables (`tables`; the summary's columns in `columns`),
+render them (`render`, one module per output format) and write the files (`publish`). `harness.leaderboard` is the
+public façade."""

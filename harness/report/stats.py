@@ -92,6 +92,16 @@ def paired_difference(a: Mapping[int, float], b: Mapping[int, float]) -> Differe
     return Difference(len(diffs), float(np.mean(diffs)) if diffs else None, *(ci if ci else (None, None)))
 
 
+def mean_paired_gaps(a: Mapping[int, Mapping[int, float]], b: Mapping[int, Mapping[int, float]]) -> list[float]:
+    """Per seed: the mean over the shared budgets of a - b (budget -> seed -> accuracy); only seeds both have at
+    every such budget, ascending."""
+    budgets = sorted(set(a) & set(b))
+    if not budgets:
+        return []
+    seeds = set.intersection(*(set(a[budget]) & set(b[budget]) for budget in budgets))
+    return [float(np.mean([a[budget][s] - b[budget][s] for budget in budgets])) for s in sorted(seeds)]
+
+
 def difference(a: Mapping[int, float], b: Mapping[int, float]) -> Difference:
     """Paired by seed where the two share seeds; otherwise the unpaired difference of means, without an interval
     (different seeds have different data draws, so no pairing can remove their variation)."""
@@ -122,6 +132,12 @@ def budget_verdict(gap: Difference, margin: float = BLOCK_MARGIN) -> str:
     if low >= margin:
         return NOT_BLOCKED
     return INCONCLUSIVE
+
+
+def budget_call(gap: Difference, margin: float = BLOCK_MARGIN, min_seeds: int = MIN_VERDICT_SEEDS) -> str:
+    """One budget's verdict as the summary lists it: "too few seeds" below `min_seeds` pairs, else `budget_verdict`
+    (the decisive one over budgets is `harmful_verdict`'s)."""
+    return TOO_FEW_SEEDS if gap.n < min_seeds else budget_verdict(gap, margin)
 
 
 _SEVERITY = {BLOCKED: 0, INCONCLUSIVE: 1, NOT_BLOCKED: 2}

@@ -1,6 +1,7 @@
-"""The leaderboard's published tables: their schemas and the in-memory and on-disk bundles.
+"""The leaderboard's published tables: the leaderboard and comparisons schemas, and the in-memory and on-disk
+bundles. The summary's schema is read off its columns (`harness.report.columns.SUMMARY_SCHEMA`).
 
-Kept apart from the aggregation (`harness.leaderboard`) and the renderers (`harness.report.render`) so both can
+Kept apart from the aggregation (`harness.report.aggregate`) and the renderers (`harness.report.render`) so both can
 import them without importing each other.
 """
 
@@ -46,51 +47,6 @@ LEADERBOARD_SCHEMA = pa.schema(
     ]
 )
 
-SUMMARY_SCHEMA = pa.schema(
-    [
-        pa.field("schema_version", pa.int32()),
-        pa.field("defense", pa.string()),
-        pa.field("defense_variant", pa.string()),
-        pa.field("defense_seeding", pa.string()),  # per-seed | shared | both joined by ","; null in older cells
-        pa.field("harmful_task", pa.string()),
-        pa.field("harmful_accuracy_mean", pa.float64()),  # worst case over attacks, mean over budgets
-        pa.field("harmful_gap", pa.float64()),  # vs random-init, paired by seed, mean over budgets (descriptive)
-        pa.field("harmful_gap_ci95_low", pa.float64()),
-        pa.field("harmful_gap_ci95_high", pa.float64()),
-        pa.field("n_paired_seeds", pa.int64()),  # seeds of harmful_gap: paired with random-init at every budget
-        pa.field("worst_budget", pa.int64()),  # the budget that decides the verdict
-        pa.field("worst_budget_gap", pa.float64()),  # vs random-init at worst_budget, paired by seed
-        pa.field("worst_budget_gap_ci95_low", pa.float64()),
-        pa.field("worst_budget_gap_ci95_high", pa.float64()),
-        pa.field("worst_budget_n_pairs", pa.int64()),
-        pa.field("min_paired_seeds", pa.int64()),  # fewest seeds paired with random-init at any budget
-        pa.field("budget_verdicts", pa.string()),  # "budget:verdict" per budget, joined by ","
-        pa.field("block_margin", pa.float64()),
-        # blocked | blocked, utility lost | blocked, utility not checked | not blocked | inconclusive |
-        # too few seeds | reference | no reference
-        pa.field("verdict", pa.string()),
-        pa.field("desired_task", pa.string()),
-        pa.field("desired_accuracy_mean", pa.float64()),  # worst-case (validation-best) attack, mean over budgets
-        pa.field("desired_accuracy_max_budget", pa.float64()),
-        pa.field("max_budget", pa.int64()),  # largest harmful budget (data cost beyond it is "> max_budget")
-        pa.field("desired_max_budget", pa.int64()),  # the budget of desired_accuracy_max_budget
-        pa.field("utility_margin", pa.float64()),
-        pa.field("utility_check", pa.string()),  # kept | lost | null (no bert or no desired rows)
-        pa.field("utility_budget", pa.int64()),  # the desired budget with the largest loss vs bert
-        pa.field("utility_diff", pa.float64()),  # desired accuracy minus bert's at utility_budget (paired mean)
-        pa.field("utility_diff_ci95_low", pa.float64()),
-        pa.field("utility_diff_ci95_high", pa.float64()),
-        pa.field("utility_n_pairs", pa.int64()),  # 0: no shared seed, unpaired difference of means
-        pa.field("data_cost_threshold", pa.float64()),  # null when no threshold could be defined
-        pa.field("data_cost_threshold_rule", pa.string()),  # how the threshold was defined
-        pa.field("data_cost", pa.float64()),  # harmful training examples to reach the threshold; null when never
-        pa.field("data_cost_flag", pa.string()),  # interpolated | <=min budget | >max budget | no data | no threshold
-        pa.field("validation_rows", pa.int64()),  # most labelled validation rows the attacker selected on
-        pa.field("data_cost_with_validation", pa.float64()),  # training + validation rows; null if rows unknown
-        pa.field("n_failed_cells", pa.int64()),
-    ]
-)
-
 COMPARISON_SCHEMA = pa.schema(
     [
         pa.field("schema_version", pa.int32()),
@@ -123,10 +79,17 @@ class LeaderboardFiles:
     leaderboard: Path
     summary: Path
     comparisons: Path
-    markdown: Path
-    html: Path
+    documents: dict[str, Path]  # output format -> file, in registration order ("markdown", "html", ...)
     plots: dict[str, Path]  # task role -> PNG
     cautions: tuple[str, ...] = ()
+
+    @property
+    def markdown(self) -> Path:
+        return self.documents["markdown"]
+
+    @property
+    def html(self) -> Path:
+        return self.documents["html"]
 
     def read(self) -> LeaderboardTables:
         return LeaderboardTables(pq.read_table(self.leaderboard), pq.read_table(self.summary),
@@ -134,8 +97,7 @@ class LeaderboardFiles:
 
     def paths(self) -> dict[str, Path]:
         return {"leaderboard": self.leaderboard, "summary": self.summary, "comparisons": self.comparisons,
-                "markdown": self.markdown, "html": self.html,
-                **{f"plot ({role})": path for role, path in self.plots.items()}}
+                **self.documents, **{f"plot ({role})": path for role, path in self.plots.items()}}
 
 
 def defense_label(defense: str, variant: str | None) -> str:
