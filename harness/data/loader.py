@@ -125,6 +125,11 @@ _MEMO: OrderedDict[str, Corpus] = OrderedDict()
 _MEMO_SIZE = 4
 
 
+def clear_memo() -> None:
+    """Forget the corpora memoised in this process (the next `load_corpus` reads the cache or the files)."""
+    _MEMO.clear()
+
+
 def _fresh(corpus: Corpus, located: Located) -> Corpus:
     """A copy sharing the Arrow data but not the format state: `Dataset.set_format` mutates in place, and a caller
     doing so must not change what the next caller of `load_corpus` gets."""
