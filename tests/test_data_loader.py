@@ -7,6 +7,8 @@ import io
 import json
 import re
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,11 +18,13 @@ import pyarrow.parquet as pq
 import pytest
 from rich.console import Console
 
+from harness.atomic import TMP_MARK, clean_leftovers
 from harness.config import DataConfig, ExperimentConfig, validate
 from harness.data import loader
 from harness.data.inspect import inspect_corpus, render_inspection
-from harness.data.loader import load_corpus, standin_dir
+from harness.data.loader import load_corpus
 from harness.data.scrub import count_gendered, scrub
+from harness.data.sources import HubSource, standin_dir
 from harness.errors import UserError
 
 # The file names of the published shards (hub dataset LabHC/bias_in_bios).
@@ -335,6 +339,21 @@ def test_hub_offline_fails_at_once(monkeypatch: pytest.MonkeyPatch, var: str) ->
     assert time.perf_counter() - start < 1.0
 
 
+def test_hub_source_loads_through_datasets(bib: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hub's loading code on what `datasets.load_dataset` also accepts offline: a local folder of shards."""
+    import datasets
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf")
+    cfg = DataConfig(source=str(bib))
+    corpus = loader.corpus_from_raw(HubSource(str(bib)).read(cfg, ["train", "dev", "test"]), cfg)
+    assert corpus_digest(corpus) == PINNED["published"][1]  # the same rows as read from the files
+    assert corpus.files == {"train": [], "dev": [], "test": []} and corpus.source == str(bib)
+    with pytest.raises(UserError, match=r"no split 'heldout'; the hub lists "):
+        HubSource(str(bib)).read(cfg, ["train", "heldout"])
+
+
 # -- the bundled corpus and inspection -------------------------------------------------------------------------------
 
 needs_standin = pytest.mark.skipif(
@@ -471,7 +490,7 @@ def test_blank_texts_dropped_when_asked(bib: Path, caplog: pytest.LogCaptureFixt
     _with_blanks(bib, "train", [0, 5, 6])
     strict = DataConfig(source=str(bib))
     lenient = DataConfig(source=str(bib), blank_texts="drop")
-    with caplog.at_level("WARNING", logger="harness.data.loader"):
+    with caplog.at_level("WARNING", logger="harness.data"):
         corpus = load_corpus(lenient)
     assert len(corpus.splits["train"]) == ROWS["train"] - 3 and len(corpus.splits["dev"]) == ROWS["dev"]
     assert corpus.blank_dropped == {"train": 3, "dev": 0, "test": 0}
@@ -505,6 +524,45 @@ def test_refused_corpus_leaves_the_cache_untouched(bib: Path, tmp_path: Path) ->
     with pytest.raises(UserError, match="outside"):
         load_corpus(DataConfig(source=str(bib)), cache_dir=cache)
     assert not cache.exists()
+
+
+def test_cache_is_filled_under_a_marked_temporary_name(bib: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cache entry is filled beside its final name under `TMP_MARK`; a refused write leaves nothing behind."""
+    folders: list[str] = []
+    write_table = pq.write_table
+
+    def full_disk(table: pa.Table, where: Path, *args: object, **kwargs: object) -> None:
+        folders.append(Path(where).parent.name)
+        if len(folders) == 2:
+            raise OSError(28, "No space left on device")
+        write_table(table, where, *args, **kwargs)
+
+    monkeypatch.setattr(pq, "write_table", full_disk)
+    cache = tmp_path / "cache"
+    corpus = load_corpus(DataConfig(source=str(bib)), cache_dir=cache)  # the cache is an optimisation: loads anyway
+    assert folders[0].startswith(f"{TMP_MARK}{corpus.fingerprint}.")
+    assert list(cache.iterdir()) == []
+
+
+def test_killed_cache_writer_leaves_only_what_clean_leftovers_removes(bib: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    killed = (  # dies (no exception handler runs) after writing the first split of the cache entry
+        "import os, sys, pyarrow.parquet as pq\n"
+        "from harness.config import DataConfig\nfrom harness.data.loader import load_corpus\n"
+        "real = pq.write_table\n"
+        "def write_then_die(*args, **kwargs):\n    real(*args, **kwargs)\n    os._exit(9)\n"
+        "pq.write_table = write_then_die\n"
+        "load_corpus(DataConfig(source=sys.argv[1]), cache_dir=sys.argv[2])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", killed, str(bib), str(cache)], cwd=Path(__file__).parents[1],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 9, done.stderr
+    left = [p.name for p in cache.iterdir()]
+    assert len(left) == 1 and left[0].startswith(TMP_MARK)
+    assert clean_leftovers(cache) == 1 and list(cache.iterdir()) == []
+    corpus = load_corpus(DataConfig(source=str(bib)), cache_dir=cache)
+    assert [p.name for p in cache.iterdir()] == [corpus.fingerprint]
 
 
 def test_stale_cache_with_blank_texts_is_refused(bib: Path, tmp_path: Path) -> None:
