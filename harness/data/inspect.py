@@ -20,7 +20,8 @@ from rich.text import Text
 
 from harness.config import ExperimentConfig
 from harness.data.budgets import nested_stratified_samples, subsample
-from harness.data.loader import TEXT, corpus_from_raw, read_raw
+from harness.data.corpus import TEXT
+from harness.data.loader import corpus_from_raw, read_raw
 from harness.data.prepare import POOLS, carve_pools, check_pools
 from harness.data.scrub import count_by_gender
 from harness.errors import UserError
@@ -116,7 +117,7 @@ def inspect_corpus(cfg: ExperimentConfig) -> dict[str, Any]:
                 warnings.append(str(exc))
 
     # Which gender the raw pronouns indicate per harmful class, on a subsample of the unscrubbed train split.
-    raw_train = raw.tables["train"]
+    raw_train = raw.splits["train"].data.table
     rows = subsample(raw_train.num_rows, _PRONOUN_CHECK_ROWS, seed=0)
     texts = raw_train.column(TEXT).take(rows).to_pylist()
     classes = raw_train.column(harmful).take(rows).to_numpy()

@@ -85,7 +85,7 @@ def largest_budget(cfg: ExperimentConfig) -> int:
 
 
 def carve_pools(cfg: ExperimentConfig, corpus) -> Pools:
-    """Assign rows of a loaded `harness.data.loader.Corpus` to the four pools (see the module notes).
+    """Assign rows of a loaded `harness.data.corpus.Corpus` to the four pools (see the module notes).
 
     Refuses splits that overlap (the same file read as two splits, or a pool all of whose texts an earlier pool
     holds) with a one-line `UserError`; sizes against the budgets are checked by `check_pools`.
@@ -216,7 +216,7 @@ def budget_samples(
 def prepare_data(cfg: ExperimentConfig) -> PreparedData:
     """Load, validate and pool the config's corpus, tokenise the pools and draw the budget samples.
 
-    Every check runs before anything is written: the corpus cache (`harness.data.loader`) is filled only once the
+    Every check runs before anything is written: the corpus cache (`harness.data.cache`) is filled only once the
     pools and budgets are known to be valid.
     """
     from harness.data.loader import load_corpus, write_corpus_cache
