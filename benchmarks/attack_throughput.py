@@ -134,7 +134,7 @@ SDM_PHASES = [
     ("imports, config checks", "prepare_data>"),
     ("data: load, tokenize", "prepare_data<"),
     ("base model: load, fingerprint", "base_fingerprint<"),
-    ("engine imports, Ray start, run files", "_start_ray<"),
+    ("engine imports, Ray start, run files", "start_ray<"),
     ("worker pool start", "__init__<"),
     ("defense weights (0 steps, cache miss)", "load_defended<"),
     ("frozen features", "run_cell>"),
@@ -166,7 +166,7 @@ def run_sdm(opts: argparse.Namespace, grid: list[dict[str, Any]], workdir: Path,
     harness.search.OptunaSearch = functools.partial(
         OptunaSearch, points_to_evaluate=[{k: c[k] for k in keys} for c in grid]
     )
-    for owner, name in [(harness.data.prepare, "prepare_data"), (harness.runner, "_start_ray"),
+    for owner, name in [(harness.data.prepare, "prepare_data"), (harness.runner, "start_ray"),
                         (harness.models, "base_fingerprint"), (WorkerPool, "__init__"),
                         (harness.defend, "load_defended"), (harness.search, "run_cell"),
                         (ray.tune.Tuner, "fit"), (WorkerPool, "run_all")]:

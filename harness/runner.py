@@ -125,7 +125,8 @@ def run_experiment(
         return _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, started)
 
 
-def _start_ray(cfg: ExperimentConfig, address: str | None) -> None:
+def start_ray(cfg: ExperimentConfig, address: str | None) -> None:
+    """Join the cluster at `address` (or the config's, or RAY_ADDRESS), else start a local instance of our own."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     import optuna
     import ray
@@ -168,7 +169,7 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
     from harness.search import tune_dir
     from harness.workers import WorkerPool
 
-    _start_ray(cfg, address)  # first: it may still refuse the config, and nothing is written yet
+    start_ray(cfg, address)  # first: it may still refuse the config, and nothing is written yet
     _open_run_dir(cfg, run_dir)
     storage = tune_dir(cfg, run_dir)
     stamp = _run_provenance(cfg, prepared)
