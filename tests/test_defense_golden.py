@@ -44,21 +44,21 @@ CASES: dict[str, tuple[str, dict]] = {
                                     "inner_optimizers": ["sgd"], "suppression": "inverse_ce"}),
 }
 
-# (weights fingerprint, checkpoint fingerprint), recorded with the code before the restructuring (commit f845dae).
-GOLDEN: dict[str, tuple[str, str | None]] = {
-    'adversarial': ('3e2b36c0ac6980e4', 'bc8e4ff4559eb1b1'),
-    'adversarial-reset-neg-ce': ('302719f86cf43c36', '773e9e923ba0815f'),
-    'bert': ('1da2af41d89431c8', 'e418c5254186a385'),
-    'bert-trainer': ('37a9271c8348dfd1', None),
-    'mlac-first-order-learned': ('1d6762b4c5b96a0d', '6a46c5429776c7ed'),
-    'mlac-first-order-sampled': ('dd70ef04cba089de', '3e9c13a3f8db88ce'),
-    'mlac-mixed-learned-head-probe': ('2779315194707e38', '06b81f860df0ea9e'),
-    'mlac-second-order-learned': ('37dbea62096f922a', 'e943db5c81c39416'),
-    'mlac-second-order-sampled': ('7049b2065e164dda', 'c3272df1415ca6dc'),
-    'random-init': ('cb161d4b3fcad897', None),
-    'repnoise': ('3ca88018b5ffde15', '36675cb0d9f941aa'),
-    'sophon': ('b13be3bd79bb92ba', '1d64ceccd7c78589'),
-    'sophon-probe-sgd': ('1e4e04617cb2b1bc', 'f08444a27c3c94e4'),
+# (weights fingerprint, checkpoint fingerprint, identity), recorded with the code before the restructuring (commit f845dae).
+GOLDEN: dict[str, tuple[str, str | None, str]] = {
+    'adversarial': ('3e2b36c0ac6980e4', 'bc8e4ff4559eb1b1', '4172f31abfb91c9f'),
+    'adversarial-reset-neg-ce': ('302719f86cf43c36', '773e9e923ba0815f', '6c833c5b5017f82f'),
+    'bert': ('1da2af41d89431c8', 'e418c5254186a385', '070e3be0c9ccb405'),
+    'bert-trainer': ('37a9271c8348dfd1', None, 'fa5b9e2df120c0ca'),
+    'mlac-first-order-learned': ('1d6762b4c5b96a0d', '6a46c5429776c7ed', 'a2a14fdf766d037a'),
+    'mlac-first-order-sampled': ('dd70ef04cba089de', '3e9c13a3f8db88ce', '96323682490f516a'),
+    'mlac-mixed-learned-head-probe': ('2779315194707e38', '06b81f860df0ea9e', 'e57984642d176700'),
+    'mlac-second-order-learned': ('37dbea62096f922a', 'e943db5c81c39416', '8942a6944af62201'),
+    'mlac-second-order-sampled': ('7049b2065e164dda', 'c3272df1415ca6dc', 'ab245019a3c4a503'),
+    'random-init': ('cb161d4b3fcad897', None, 'efacce4e9c656c30'),
+    'repnoise': ('3ca88018b5ffde15', '36675cb0d9f941aa', '3cc1c9aa354964a5'),
+    'sophon': ('b13be3bd79bb92ba', '1d64ceccd7c78589', 'e2f769a9c7b722c1'),
+    'sophon-probe-sgd': ('1e4e04617cb2b1bc', 'f08444a27c3c94e4', 'd461d2e81063cfc0'),
 }
 
 
@@ -73,12 +73,20 @@ def checkpoint_fingerprint(folder: Path) -> str | None:
     return digest.hexdigest()[:16]
 
 
-def train(case: str, splits, folder: Path) -> tuple[str, str | None]:
+def identity(defense) -> str:
+    """Hash of what the weights cache key and the reports read from a defense: its validated params (every field,
+    defaults included), training revision, variant label and step count."""
+    described = [defense.params.model_dump(mode="json"), defense.training_revision(), defense.variant(),
+                 defense.total_steps()]
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def train(case: str, splits, folder: Path) -> tuple[str, str | None, str]:
     name, params = CASES[case]
     defense = DEFENSES.get(name).from_params(params, "golden")
     ctx = context(splits["defense"], folder, every=1000, model=load_config(SMOKE).model)
     state = defense.train(ctx)
-    return state_fingerprint(state), checkpoint_fingerprint(folder)
+    return state_fingerprint(state), checkpoint_fingerprint(folder), identity(defense)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
