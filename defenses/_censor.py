@@ -23,11 +23,11 @@ Choices worth knowing:
   (and like the reference code, whose learned adversarial head is never used). `"learned"` keeps one persistent head,
   trained by its own Adam (`head_lr`) on the current encoder's features, so the simulated attacker starts from a head
   that already predicts harm: a stronger adversary, and the only meaningful one when K=0.
-- Censoring losses (`harness.censoring`): `entropy` (KL(uniform || p), zero when the adapted head predicts uniformly; the default because a
-  confidently *wrong* binary classifier is as informative as a right one, which is what an unbounded negated CE
-  drives towards), `neg_ce` (negated per-example CE, clamped at `neg_ce_cap * log C` so it cannot blow up), and
-  `probe` (the leave-one-out R^2 of a closed-form ridge probe fitted on the adapted features: a differentiable
-  stand-in for the reference's calibrated linear probe, needing no external solver; see
+- Censoring losses (`harness.censoring`): `entropy` (KL(uniform || p), zero when the adapted head predicts
+  uniformly; the default because a confidently *wrong* binary classifier is as informative as a right one, which is
+  what an unbounded negated CE drives towards), `neg_ce` (negated per-example CE, clamped at `neg_ce_cap * log C`
+  so it cannot blow up), and `probe` (the leave-one-out R^2 of a closed-form ridge probe fitted on the adapted
+  features: a differentiable stand-in for the reference's calibrated linear probe, needing no external solver; see
   `harness.censoring.ridge_probe_score`).
 - Inner learning rate: `inner_lr="learned"` (the reference's choice) gives log(lr) its own Adam (`inner_lr_lr`) that
   minimises the adapted model's harmful cross-entropy, so the simulated attacker gets stronger as it learns, kept
@@ -58,7 +58,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from harness.attack_step import (
     AttackSetting,
@@ -69,6 +69,7 @@ from harness.attack_step import (
 )
 from harness.censoring import (
     Batch,
+    OuterParams,
     SimulatedAttacker,
     capped_neg_ce,
     clip_by_global_norm,
@@ -92,15 +93,9 @@ INNER_LR_OBJECTIVE = "attacker"
 PAD_ID = 0  # BERT's padding id: TokenizedSplit pads with it and the embedding's padding_idx is it
 
 
-class CensorParams(BaseModel):
-    """The outer optimisation and the censoring loss, shared by `adversarial` and `mlac` (`bert` takes the first four)."""
+class CensorParams(OuterParams):
+    """The outer optimisation (`bert`'s) and the censoring loss, shared by `adversarial` and `mlac`."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    steps: int = Field(1000, ge=0, description="outer steps (the reference ran 50k)")
-    lr: float = Field(1e-5, gt=0, description="outer Adam learning rate (encoder and desired head)")
-    batch_size: int = Field(20, gt=1, description="desired batch and held-out harmful batch size")
-    grad_clip: float = Field(10.0, gt=0, description="outer gradient clip (global norm)")
     harmful_weight: float = Field(1.0, ge=0, description="lambda: weight of the censoring loss")
     censor: Censor = Field("entropy", description="censoring loss on the (adapted) harmful head's output")
     neg_ce_cap: float = Field(2.0, gt=0, description="neg_ce: per-example cross-entropy clamped at cap * log(C)")

@@ -16,29 +16,21 @@ from __future__ import annotations
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from defenses._censor import CensorParams, CensorTrainerParams, train_censoring
+from defenses._censor import CensorTrainerParams, train_censoring
 from harness.attack_step import AttackSetting
+from harness.censoring import OuterParams
 from harness.plugins import Defense, DefenseContext
 from harness.registry import register_defense
 from harness.training import fit
 
-_OUTER = ("steps", "lr", "batch_size", "grad_clip")
-
-
-class BertParams(BaseModel):
-    """The outer optimisation of `defenses._censor.CensorParams` (same defaults, same meaning), nothing else."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    steps: int = CensorParams.model_fields["steps"]
-    lr: float = CensorParams.model_fields["lr"]
-    batch_size: int = CensorParams.model_fields["batch_size"]
-    grad_clip: float = CensorParams.model_fields["grad_clip"]
+class BertParams(OuterParams):
+    """The censoring defenses' outer optimisation (`harness.censoring.OuterParams`: same defaults, same meaning),
+    nothing else."""
 
 
 def as_censoring(p: BertParams) -> CensorTrainerParams:
     """bert as the censoring trainer with the censoring term off (and no inner loop)."""
-    return CensorTrainerParams(**p.model_dump(include=set(_OUTER)), harmful_weight=0.0, inner_steps=0, harmful_head="learned")
+    return CensorTrainerParams(**p.model_dump(), harmful_weight=0.0, inner_steps=0, harmful_head="learned")
 
 
 @register_defense("bert")

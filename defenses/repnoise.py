@@ -36,10 +36,10 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from harness.attack_step import sample_batch
-from harness.censoring import capped_neg_ce, init_head, make_batch
+from harness.censoring import OuterParams, capped_neg_ce, init_head, make_batch
 from harness.classifier import mean_pool
 from harness.plugins import Defense, DefenseContext
 from harness.registry import register_defense
@@ -48,13 +48,9 @@ from harness.resumable import CheckpointedTrainer, Part, train_resumable
 KERNEL_SCALES = (0.25, 1.0, 4.0)  # bandwidths, relative to the representations' mean squared norm
 
 
-class RepNoiseParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class RepNoiseParams(OuterParams):
+    """The censoring defenses' outer optimisation (each batch row gives a desired and a harmful label) and the terms."""
 
-    steps: int = Field(1000, ge=0, description="training steps")
-    lr: float = Field(1e-5, gt=0, description="Adam learning rate (encoder and desired head)")
-    batch_size: int = Field(20, gt=1, description="rows per step; each gives a desired and a harmful label")
-    grad_clip: float = Field(10.0, gt=0, description="gradient clip (global norm)")
     noise_weight: float = Field(1.0, ge=0, description="beta: weight of the representation-noise MMD term")
     ascent_weight: float = Field(0.1, ge=0, description="alpha: weight of the bounded harmful gradient ascent")
     ascent_cap: float = Field(1.0, gt=0, description="per-example harmful cross-entropy clamped at cap * log(C)")

@@ -3,6 +3,8 @@
 `bert`, `adversarial`, `mlac`, `repnoise` and `sophon` share them, so a batch, a head, a simulated attacker or a
 censoring loss means the same thing in every defense that uses one:
 
+- `OuterParams`: the outer optimisation (steps, Adam learning rate, batch size, gradient clip) of `bert`,
+  `adversarial`, `mlac` and `repnoise`, one definition with the same defaults;
 - `Batch` / `make_batch`: rows of a tokenised split with one label column, on a device;
 - `draw_head` / `init_head`: a fresh head, distributed as the evaluation attacker's (`Classifier.reset_head`), as
   tensors or copied into a module's head;
@@ -31,6 +33,17 @@ from harness.classifier import Classifier, mean_pool
 from harness.tokenized import TokenizedSplit
 
 T = TypeVar("T")
+
+
+class OuterParams(BaseModel):
+    """The outer optimisation: Adam on the encoder and the desired head, clipped by global norm."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    steps: int = Field(1000, ge=0, description="outer training steps (the reference ran 50k)")
+    lr: float = Field(1e-5, gt=0, description="outer Adam learning rate (encoder and desired head)")
+    batch_size: int = Field(20, gt=1, description="rows per step: the desired batch (and the harmful one)")
+    grad_clip: float = Field(10.0, gt=0, description="outer gradient clip (global norm)")
 
 
 @dataclass

@@ -20,7 +20,7 @@ from harness.defend import FileCheckpointer
 from harness.models import state_fingerprint
 from harness.registry import DEFENSES
 from tests.conftest import SMOKE
-from tests.test_defense_mlac import _one_thread, context, splits  # noqa: F401
+from tests.test_defense_mlac import context, one_thread, splits  # noqa: F401
 
 MLAC = {"steps": 3, "lr": 1e-3, "batch_size": 8, "inner_steps": 2, "inner_batch_sizes": [6, 12]}
 CASES: dict[str, tuple[str, dict]] = {
@@ -44,7 +44,7 @@ CASES: dict[str, tuple[str, dict]] = {
                                     "inner_optimizers": ["sgd"], "suppression": "inverse_ce"}),
 }
 
-# (weights fingerprint, checkpoint fingerprint, identity), recorded with the code before the restructuring (commit f845dae).
+# (weights, checkpoint, identity) fingerprints, recorded with the code before the restructuring (commit f845dae).
 GOLDEN: dict[str, tuple[str, str | None, str]] = {
     'adversarial': ('3e2b36c0ac6980e4', 'bc8e4ff4559eb1b1', '4172f31abfb91c9f'),
     'adversarial-reset-neg-ce': ('302719f86cf43c36', '773e9e923ba0815f', '6c833c5b5017f82f'),

@@ -37,7 +37,7 @@ NUM_LABELS = {"gender": 2, "profession": len(PROFESSIONS)}
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
+def one_thread():
     # The tiny model's tensors are far too small for threads to pay off; one thread also keeps timings steady when
     # other processes share the cores.
     previous = torch.get_num_threads()

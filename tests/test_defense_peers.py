@@ -19,7 +19,7 @@ from harness.attack_step import init_optimizer_state, sample_batch
 from harness.censoring import draw_head, make_batch, sample_setting
 from harness.testing import check_defense
 from tests.conftest import ROOT, sdm_command
-from tests.test_defense_mlac import _one_thread, assert_same_state, context, probe_attack, splits  # noqa: F401
+from tests.test_defense_mlac import assert_same_state, context, one_thread, probe_attack, splits  # noqa: F401
 
 PEERS = {"repnoise": (RepNoise, RepNoiseParams), "sophon": (Sophon, SophonParams)}
 
