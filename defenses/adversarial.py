@@ -2,12 +2,13 @@
 
 A persistent harmful head learns to predict the harmful label from the encoder's features while the encoder (with the
 desired head) minimises the desired-task loss plus `harmful_weight` times the censoring loss of that head's output.
-It runs the very same outer step as `mlac` (`defenses.mlac.train_censoring` with `inner_steps=0`), so the two cannot
-drift apart.
+It runs the very same outer step as `mlac` (`defenses._censor.train_censoring` with `inner_steps=0`), so the two
+cannot drift apart.
 
 `harmful_head: reset` is the reference code's baseline instead: its adversarial head is never used, a freshly drawn
 random head is censored at every step (`GoodBadBERT.with_linear_reset` ignores the head it is given), so no trained
-adversary ever looks at the features. It is there to reproduce the paper's adversarial row, not as a defense.
+adversary ever looks at the features. It is there to reproduce the paper's adversarial row, not as a defense; these
+params allow it on purpose (`mlac`'s refuse it).
 """
 
 from __future__ import annotations
@@ -15,19 +16,13 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from defenses.mlac import (
-    UNTRAINED_HEAD_OK,
-    CensorParams,
-    HeadMode,
-    MlacParams,
-    train_censoring,
-)
+from defenses._censor import CensorParams, CensorTrainerParams, HeadMode, train_censoring
 from harness.plugins import Defense, DefenseContext
 from harness.registry import register_defense
 
 
 class AdversarialParams(CensorParams):
-    """The outer optimisation and the censoring loss (see `defenses.mlac.CensorParams`); nothing adapts in between."""
+    """The outer optimisation and the censoring loss (see `defenses._censor.CensorParams`); nothing adapts between."""
 
     harmful_head: HeadMode = Field(
         "learned",
@@ -36,8 +31,9 @@ class AdversarialParams(CensorParams):
     )
 
 
-def as_mlac(p: AdversarialParams) -> MlacParams:
-    return MlacParams.model_validate({**p.model_dump(), "inner_steps": 0}, context={UNTRAINED_HEAD_OK: True})
+def as_censoring(p: AdversarialParams) -> CensorTrainerParams:
+    """adversarial as the censoring trainer with no inner loop."""
+    return CensorTrainerParams(**p.model_dump(), inner_steps=0)
 
 
 @register_defense("adversarial")
@@ -46,8 +42,5 @@ class Adversarial(Defense):
 
     Params = AdversarialParams
 
-    def total_steps(self) -> int:
-        return self.params.steps
-
     def train(self, ctx: DefenseContext) -> dict[str, torch.Tensor]:
-        return train_censoring(as_mlac(self.params), ctx, self.name)
+        return train_censoring(as_censoring(self.params), ctx, self.name)

@@ -1,7 +1,7 @@
 """`bert`, the matched control: the pretrained encoder trained on the desired task exactly as the censoring defenses
 train it, with the censoring term off.
 
-It runs the censoring trainer itself (`defenses.mlac.train_censoring`) with `harmful_weight=0` and no inner loop:
+It runs the censoring trainer itself (`defenses._censor.train_censoring`) with `harmful_weight=0` and no inner loop:
 the same Adam at a constant rate, global-norm clip, batch, steps, seed, random draws and pooling as `adversarial` and
 `mlac`, so whatever a censoring defense blocks beyond `bert` is its censoring, not its optimiser. `adversarial` with
 `harmful_weight: 0` and the same outer parameters gives bit-identical weights. Its harmful head (trained alongside
@@ -16,30 +16,21 @@ from __future__ import annotations
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from defenses.mlac import CensorParams, MlacParams, train_censoring
+from defenses._censor import CensorTrainerParams, train_censoring
 from harness.attack_step import AttackSetting
-from harness.classifier import Classifier
+from harness.censoring import OuterParams
 from harness.plugins import Defense, DefenseContext
 from harness.registry import register_defense
 from harness.training import fit
 
-_OUTER = ("steps", "lr", "batch_size", "grad_clip")
+class BertParams(OuterParams):
+    """The censoring defenses' outer optimisation (`harness.censoring.OuterParams`: same defaults, same meaning),
+    nothing else."""
 
 
-class BertParams(BaseModel):
-    """The outer optimisation of `defenses.mlac.CensorParams` (same defaults, same meaning), nothing else."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    steps: int = CensorParams.model_fields["steps"]
-    lr: float = CensorParams.model_fields["lr"]
-    batch_size: int = CensorParams.model_fields["batch_size"]
-    grad_clip: float = CensorParams.model_fields["grad_clip"]
-
-
-def as_censoring(p: BertParams) -> MlacParams:
+def as_censoring(p: BertParams) -> CensorTrainerParams:
     """bert as the censoring trainer with the censoring term off (and no inner loop)."""
-    return MlacParams(**p.model_dump(include=set(_OUTER)), harmful_weight=0.0, inner_steps=0, harmful_head="learned")
+    return CensorTrainerParams(**p.model_dump(), harmful_weight=0.0, inner_steps=0, harmful_head="learned")
 
 
 @register_defense("bert")
@@ -47,9 +38,6 @@ class Bert(Defense):
     """The pretrained encoder fine-tuned on the desired task only, like the censoring defenses: the matched control."""
 
     Params = BertParams
-
-    def total_steps(self) -> int:
-        return self.params.steps
 
     def train(self, ctx: DefenseContext) -> dict[str, torch.Tensor]:
         return train_censoring(as_censoring(self.params), ctx, self.name)
@@ -70,12 +58,9 @@ class BertTrainer(Defense):
 
     Params = BertTrainerParams
 
-    def total_steps(self) -> int:
-        return self.params.steps
-
     def train(self, ctx: DefenseContext) -> dict[str, torch.Tensor]:
         p = self.params
-        model = Classifier(ctx.base_encoder(), ctx.num_labels[ctx.desired], ctx.model.pooling).to(ctx.device)
+        model = ctx.classifier(ctx.num_labels[ctx.desired])
         model.reset_head(torch.Generator().manual_seed(ctx.seed))  # from the seed, not the global generator
         if p.steps:
             setting = AttackSetting(

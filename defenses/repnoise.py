@@ -32,36 +32,25 @@ What was adapted or approximated, and why:
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from harness.attack_step import sample_batch
-from harness.censoring import capped_neg_ce, draw_head, make_batch
-from harness.classifier import Classifier, mean_pool
+from harness.censoring import OuterParams, capped_neg_ce, init_head, make_batch
+from harness.classifier import mean_pool
 from harness.plugins import Defense, DefenseContext
 from harness.registry import register_defense
-from harness.resumable import (
-    check_params,
-    load_optimizer_tensors,
-    optimizer_tensors,
-    params_metadata,
-    tensors_with_prefix,
-    train_resumable,
-)
+from harness.resumable import CheckpointedTrainer, Part, train_resumable
 
 KERNEL_SCALES = (0.25, 1.0, 4.0)  # bandwidths, relative to the representations' mean squared norm
 
 
-class RepNoiseParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class RepNoiseParams(OuterParams):
+    """The censoring defenses' outer optimisation (each batch row gives a desired and a harmful label) and the terms."""
 
-    steps: int = Field(1000, ge=0, description="training steps")
-    lr: float = Field(1e-5, gt=0, description="Adam learning rate (encoder and desired head)")
-    batch_size: int = Field(20, gt=1, description="rows per step; each gives a desired and a harmful label")
-    grad_clip: float = Field(10.0, gt=0, description="gradient clip (global norm)")
     noise_weight: float = Field(1.0, ge=0, description="beta: weight of the representation-noise MMD term")
     ascent_weight: float = Field(0.1, ge=0, description="alpha: weight of the bounded harmful gradient ascent")
     ascent_cap: float = Field(1.0, gt=0, description="per-example harmful cross-entropy clamped at cap * log(C)")
@@ -100,22 +89,18 @@ def noise_term(
     return torch.stack(terms).mean() if terms else layers[-1].new_zeros(())
 
 
-class RepNoiseTrainer:
+class RepNoiseTrainer(CheckpointedTrainer):
     """A RepNoise training run; its state is checkpointable for an identical continuation."""
 
     def __init__(self, p: RepNoiseParams, ctx: DefenseContext):
         self.p = p
         self.ctx = ctx
         self.generator = torch.Generator().manual_seed(ctx.seed)
-        self.model = Classifier(ctx.base_encoder(), ctx.num_labels[ctx.desired], ctx.model.pooling).to(ctx.device)
+        self.model = ctx.classifier(ctx.num_labels[ctx.desired])
         self.model.eval()
-        width = self.model.head.in_features
-        self.harm_head = torch.nn.Linear(width, ctx.num_labels[ctx.harmful]).to(ctx.device)
-        with torch.no_grad():  # both heads from the run's generator, so the seed alone fixes the run
-            for head in (self.model.head, self.harm_head):
-                drawn = draw_head(width, head.out_features, self.generator, ctx.device)
-                head.weight.copy_(drawn["head.weight"])
-                head.bias.copy_(drawn["head.bias"])
+        self.harm_head = torch.nn.Linear(self.model.head.in_features, ctx.num_labels[ctx.harmful]).to(ctx.device)
+        for head in (self.model.head, self.harm_head):  # both from the run's generator: the seed alone fixes the run
+            init_head(head, self.generator)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=p.lr)
         self.head_optimizer = torch.optim.Adam(self.harm_head.parameters(), lr=p.head_lr)
         self.step_count = 0
@@ -151,25 +136,10 @@ class RepNoiseTrainer:
         self.step_count += 1
         return {"desired_loss": desired.item(), "noise_mmd": noise.item(), "harmful_loss": -ascent.item()}
 
-    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        tensors = {f"model/{k}": v.detach().clone() for k, v in self.model.state_dict().items()}
-        tensors.update({f"harm_head/{k}": v.detach().clone() for k, v in self.harm_head.state_dict().items()})
-        tensors.update(optimizer_tensors(self.optimizer, "opt"))
-        tensors.update(optimizer_tensors(self.head_optimizer, "head_opt"))
-        tensors["rng"] = self.generator.get_state()  # the run's only source of randomness (eval mode: no dropout)
-        return tensors, params_metadata(self.p)
-
-    def load(self, step: int, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
-        check_params(metadata, self.p)
-        self.model.load_state_dict(tensors_with_prefix(tensors, "model/"))
-        self.harm_head.load_state_dict(tensors_with_prefix(tensors, "harm_head/"))
-        load_optimizer_tensors(self.optimizer, tensors, "opt")
-        load_optimizer_tensors(self.head_optimizer, tensors, "head_opt")
-        self.generator.set_state(tensors["rng"])
-        self.step_count = step
-
-    def encoder_state(self) -> dict[str, torch.Tensor]:
-        return self.model.encoder.state_dict()
+    def parts(self) -> dict[str, Part]:
+        # The generator is the run's only source of randomness (eval mode: no dropout).
+        return {"model": self.model, "harm_head": self.harm_head, "opt": self.optimizer,
+                "head_opt": self.head_optimizer, "rng": self.generator}
 
 
 @register_defense("repnoise")
@@ -177,9 +147,6 @@ class RepNoise(Defense):
     """RepNoise (Rosati et al. 2024): each harmful class's representations pushed to noise, plus bounded ascent."""
 
     Params = RepNoiseParams
-
-    def total_steps(self) -> int:
-        return self.params.steps
 
     def train(self, ctx: DefenseContext) -> dict[str, torch.Tensor]:
         return train_resumable(RepNoiseTrainer(self.params, ctx), self.params.steps, ctx, self.name)

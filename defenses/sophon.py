@@ -34,40 +34,32 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field
 
 from harness.attack_step import (
     Adapt,
     AttackSetting,
-    OptimizerName,
     OptimizerState,
     adapted_parameter_names,
     init_optimizer_state,
     optimizer_update,
     sample_batch,
 )
-from harness.censoring import Batch, clip_by_global_norm, draw_head, kl_to_uniform, make_batch, sample_setting
+from harness.censoring import Batch, SimulatedAttacker, clip_by_global_norm, init_head, kl_to_uniform, make_batch
 from harness.classifier import Classifier
 from harness.plugins import Defense, DefenseContext
 from harness.registry import register_defense
-from harness.resumable import (
-    check_params,
-    load_optimizer_tensors,
-    optimizer_tensors,
-    params_metadata,
-    tensors_with_prefix,
-    train_resumable,
-)
+from harness.resumable import CheckpointedTrainer, Part, train_resumable
 
 Suppression = Literal["kl_uniform", "inverse_ce"]
 
 
-class SophonParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class SophonParams(SimulatedAttacker):
+    """SOPHON's rounds and updates, and its simulated attackers (`harness.censoring.SimulatedAttacker`)."""
 
     steps: int = Field(500, ge=0, description="rounds of (suppression_steps FTS updates, desired_steps NTR updates)")
     lr: float = Field(1e-5, gt=0, description="Adam lr of the normal-training (desired task) updates")
@@ -78,22 +70,10 @@ class SophonParams(BaseModel):
     desired_steps: int = Field(1, ge=0, description="NTR updates per round")
     environments: int = Field(1, ge=1, description="simulated attackers averaged per FTS update")
     suppression: Suppression = Field("kl_uniform", description="loss of the adapted model on held-out harmful rows")
+    # Stronger simulated attackers than mlac's by default (see the module docstring).
     inner_steps: int = Field(16, ge=1, description="simulated fine-tuning steps per attacker")
     inner_lr_range: tuple[float, float] = Field((1e-4, 1e-2), description="log-uniform range of the attacker's lr")
-    inner_batch_sizes: tuple[int, ...] = Field((12, 24, 48), min_length=1, description="capped at the rows available")
-    inner_optimizers: tuple[OptimizerName, ...] = Field(("adam",), min_length=1)
     inner_adapt: tuple[Adapt, ...] = Field(("full", "probe"), min_length=1, description="attack kinds to sample")
-    inner_top_k: int = Field(1, ge=1, description="layers adapted by a sampled top-k attack")
-    inner_grad_clip: float = Field(100.0, gt=0, description="attacker's gradient clip (global norm)")
-
-    @model_validator(mode="after")
-    def _consistent(self) -> "SophonParams":
-        low, high = self.inner_lr_range
-        if not 0 < low <= high:
-            raise ValueError(f"inner_lr_range must satisfy 0 < low <= high, got ({low}, {high})")
-        if any(b < 1 for b in self.inner_batch_sizes):
-            raise ValueError(f"inner_batch_sizes must be positive, got {self.inner_batch_sizes}")
-        return self
 
 
 def suppression_loss(kind: Suppression, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -129,7 +109,7 @@ def attack_step(
     return state
 
 
-class SophonTrainer:
+class SophonTrainer(CheckpointedTrainer):
     """A SOPHON training run; its state is checkpointable for an identical continuation."""
 
     def __init__(self, p: SophonParams, ctx: DefenseContext):
@@ -141,25 +121,16 @@ class SophonTrainer:
         self.p = p
         self.ctx = ctx
         self.generator = torch.Generator().manual_seed(ctx.seed)
-        self.model = Classifier(ctx.base_encoder(), ctx.num_labels[ctx.desired], ctx.model.pooling).to(ctx.device)
+        self.model = ctx.classifier(ctx.num_labels[ctx.desired])
         # The simulated attacker: a copy of the encoder, reloaded from the model's before every attack.
-        self.attacker = Classifier(
-            copy.deepcopy(self.model.encoder), ctx.num_labels[ctx.harmful], ctx.model.pooling
-        ).to(ctx.device)
+        self.attacker = ctx.classifier(ctx.num_labels[ctx.harmful], encoder=copy.deepcopy(self.model.encoder))
         self.model.eval()
         self.attacker.eval()
-        self.set_head(self.model, draw_head(self.model.head.in_features, self.model.head.out_features,
-                                            self.generator, ctx.device))
+        init_head(self.model.head, self.generator)
         self.encoder_params = list(self.model.encoder.parameters())
         self.suppress_optimizer = torch.optim.Adam(self.encoder_params, lr=p.suppression_lr)
         self.desired_optimizer = torch.optim.Adam(self.model.parameters(), lr=p.lr)
         self.step_count = 0
-
-    @staticmethod
-    def set_head(clf: Classifier, head: dict[str, torch.Tensor]) -> None:
-        with torch.no_grad():
-            clf.head.weight.copy_(head["head.weight"])
-            clf.head.bias.copy_(head["head.bias"])
 
     # -- fine-tuning suppression ------------------------------------------------------------------------------------
     def simulated_attack(self, gradient: list[torch.Tensor]) -> tuple[float, float]:
@@ -168,15 +139,10 @@ class SophonTrainer:
         p, ctx, g = self.p, self.ctx, self.generator
         order = torch.randperm(len(ctx.train), generator=g)
         held, pool = order[: p.batch_size], order[p.batch_size :]
-        low, high = (math.log(v) for v in p.inner_lr_range)
-        lr = math.exp(low + float(torch.rand((), generator=g)) * (high - low))
-        setting = sample_setting(
-            g, lr=lr, steps=p.inner_steps, batch_sizes=p.inner_batch_sizes, pool=len(pool),
-            adapts=p.inner_adapt, top_k=p.inner_top_k, optimizers=p.inner_optimizers,
-        )
+        setting = p.sample_setting(g, p.sample_lr(g), len(pool))
         attacker = self.attacker
         attacker.encoder.load_state_dict(self.model.encoder.state_dict())
-        self.set_head(attacker, draw_head(attacker.head.in_features, attacker.head.out_features, g, ctx.device))
+        init_head(attacker.head, g)
         held_out = make_batch(ctx.train, held, ctx.harmful, ctx.device)
         named = dict(attacker.named_parameters())
         adapted = [named[n] for n in adapted_parameter_names(list(named), setting.adapt, setting.top_k)]
@@ -251,23 +217,10 @@ class SophonTrainer:
         return metrics
 
     # -- checkpoints ------------------------------------------------------------------------------------------------
-    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        tensors = {f"model/{k}": v.detach().clone() for k, v in self.model.state_dict().items()}
-        tensors.update(optimizer_tensors(self.suppress_optimizer, "suppress_opt"))
-        tensors.update(optimizer_tensors(self.desired_optimizer, "desired_opt"))
-        tensors["rng"] = self.generator.get_state()  # the run's only source of randomness (eval mode: no dropout)
-        return tensors, params_metadata(self.p)
-
-    def load(self, step: int, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
-        check_params(metadata, self.p)
-        self.model.load_state_dict(tensors_with_prefix(tensors, "model/"))
-        load_optimizer_tensors(self.suppress_optimizer, tensors, "suppress_opt")
-        load_optimizer_tensors(self.desired_optimizer, tensors, "desired_opt")
-        self.generator.set_state(tensors["rng"])
-        self.step_count = step
-
-    def encoder_state(self) -> dict[str, torch.Tensor]:
-        return self.model.encoder.state_dict()
+    def parts(self) -> dict[str, Part]:
+        # The generator is the run's only source of randomness (eval mode: no dropout).
+        return {"model": self.model, "suppress_opt": self.suppress_optimizer, "desired_opt": self.desired_optimizer,
+                "rng": self.generator}
 
 
 @register_defense("sophon")
@@ -275,9 +228,6 @@ class Sophon(Defense):
     """SOPHON (Deng et al. 2024): first-order MAML against simulated harmful fine-tuning, alternating with training."""
 
     Params = SophonParams
-
-    def total_steps(self) -> int:
-        return self.params.steps
 
     def train(self, ctx: DefenseContext) -> dict[str, torch.Tensor]:
         return train_resumable(SophonTrainer(self.params, ctx), self.params.steps, ctx, self.name)

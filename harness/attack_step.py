@@ -143,8 +143,7 @@ def optimizer_update(
 
 
 def sample_batch(n: int, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-    """Row indices of one training batch (with replacement across steps, without within a batch when possible)."""
-    if batch_size >= n:
-        return torch.randperm(n, generator=generator)
+    """Row indices of one training batch (with replacement across steps, without within a batch when possible): a
+    random permutation of the rows, cut to `batch_size` (all of them when there are fewer)."""
     return torch.randperm(n, generator=generator)[:batch_size]
 

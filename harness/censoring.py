@@ -1,14 +1,19 @@
 """Building blocks for defenses that train on a desired task while censoring a harmful one.
 
-`mlac`, `adversarial`, `repnoise` and `sophon` share them, so a batch, a simulated attacker or a censoring loss means
-the same thing in every defense that uses one:
+`bert`, `adversarial`, `mlac`, `repnoise` and `sophon` share them, so a batch, a head, a simulated attacker or a
+censoring loss means the same thing in every defense that uses one:
 
+- `OuterParams`: the outer optimisation (steps, Adam learning rate, batch size, gradient clip) of `bert`,
+  `adversarial`, `mlac` and `repnoise`, one definition with the same defaults;
 - `Batch` / `make_batch`: rows of a tokenised split with one label column, on a device;
-- `draw_head`: a fresh harmful head, distributed as the evaluation attacker's (`Classifier.reset_head`);
-- `sample_setting`: one simulated attacker (`AttackSetting`) drawn from a defense's options;
+- `draw_head` / `init_head`: a fresh head, distributed as the evaluation attacker's (`Classifier.reset_head`), as
+  tensors or copied into a module's head;
+- `SimulatedAttacker`: the parameters of the attackers a defense simulates (steps, learning rates, batch sizes,
+  optimizers, what adapts, gradient clip), shared by `mlac` and `sophon`, and the draw of one of them
+  (`sample_setting`, an `AttackSetting`);
 - `functional_forward`: a classifier's features and logits with substituted parameters (differentiable inner loops);
 - `clip_by_global_norm`: `torch.nn.utils.clip_grad_norm_` as a pure, differentiable function;
-- censoring losses on a harmful head's logits: `kl_to_uniform` and `capped_neg_ce`.
+- censoring losses: `kl_to_uniform` and `capped_neg_ce` on a harmful head's logits, `ridge_probe_score` on features.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.func import functional_call
 
 from harness.attack_step import Adapt, AttackSetting, OptimizerName
@@ -27,6 +33,17 @@ from harness.classifier import Classifier, mean_pool
 from harness.tokenized import TokenizedSplit
 
 T = TypeVar("T")
+
+
+class OuterParams(BaseModel):
+    """The outer optimisation: Adam on the encoder and the desired head, clipped by global norm."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    steps: int = Field(1000, ge=0, description="outer training steps (the reference ran 50k)")
+    lr: float = Field(1e-5, gt=0, description="outer Adam learning rate (encoder and desired head)")
+    batch_size: int = Field(20, gt=1, description="rows per step: the desired batch (and the harmful one)")
+    grad_clip: float = Field(10.0, gt=0, description="outer gradient clip (global norm)")
 
 
 @dataclass
@@ -53,6 +70,14 @@ def draw_head(
     return {"head.weight": weight.to(device), "head.bias": bias.to(device)}
 
 
+def init_head(head: torch.nn.Linear, generator: torch.Generator) -> None:
+    """Draw `head`'s weights afresh (`draw_head`) from `generator`, in place: the seed alone fixes them."""
+    drawn = draw_head(head.in_features, head.out_features, generator, head.weight.device)
+    with torch.no_grad():
+        head.weight.copy_(drawn["head.weight"])
+        head.bias.copy_(drawn["head.bias"])
+
+
 def choose(options: Sequence[T], generator: torch.Generator) -> T:
     return options[int(torch.randint(len(options), (), generator=generator))]
 
@@ -77,6 +102,45 @@ def sample_setting(
     adapt = choose(adapts, generator)
     optimizer = choose(optimizers, generator)
     return AttackSetting(lr=lr, steps=steps, batch_size=batch_size, adapt=adapt, top_k=top_k, optimizer=optimizer)
+
+
+class SimulatedAttacker(BaseModel):
+    """The attackers a defense simulates during training (`mlac`'s inner loop, `sophon`'s fine-tuning suppression).
+
+    A defense's parameter model inherits these fields (and may change their defaults); each simulated attack draws
+    its learning rate (`sample_lr`) and its setting (`sample_setting`) from them.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    inner_steps: int = Field(16, ge=0, description="steps of each simulated attack")
+    inner_lr_range: tuple[float, float] = Field((1e-5, 1e-3), description="log-uniform range of a sampled inner lr")
+    inner_batch_sizes: tuple[int, ...] = Field((12, 24, 48), min_length=1, description="capped at the rows available")
+    inner_optimizers: tuple[OptimizerName, ...] = Field(("adam",), min_length=1)
+    inner_adapt: tuple[Adapt, ...] = Field(("full",), min_length=1, description="attack kinds to sample")
+    inner_top_k: int = Field(1, ge=1, description="layers adapted by a sampled top-k attack")
+    inner_grad_clip: float = Field(100.0, gt=0, description="inner gradient clip (global norm)")
+
+    @model_validator(mode="after")
+    def _attacker_consistent(self) -> "SimulatedAttacker":
+        low, high = self.inner_lr_range
+        if not 0 < low <= high:
+            raise ValueError(f"inner_lr_range must satisfy 0 < low <= high, got ({low}, {high})")
+        if any(b < 1 for b in self.inner_batch_sizes):
+            raise ValueError(f"inner_batch_sizes must be positive, got {self.inner_batch_sizes}")
+        return self
+
+    def sample_lr(self, generator: torch.Generator) -> float:
+        """A learning rate drawn log-uniformly from `inner_lr_range`."""
+        low, high = (math.log(v) for v in self.inner_lr_range)
+        return math.exp(low + float(torch.rand((), generator=generator)) * (high - low))
+
+    def sample_setting(self, generator: torch.Generator, lr: float, pool: int) -> AttackSetting:
+        """One simulated attacker with learning rate `lr`, its batches drawn from `pool` rows (see `sample_setting`)."""
+        return sample_setting(
+            generator, lr=lr, steps=self.inner_steps, batch_sizes=self.inner_batch_sizes, pool=pool,
+            adapts=self.inner_adapt, top_k=self.inner_top_k, optimizers=self.inner_optimizers,
+        )
 
 
 def functional_forward(
@@ -116,3 +180,25 @@ def capped_neg_ce(logits: torch.Tensor, labels: torch.Tensor, cap: float) -> tor
     """Negated per-example cross-entropy, each clamped at `cap * log C`: gradient ascent that cannot blow up."""
     ce = F.cross_entropy(logits, labels, reduction="none")
     return -ce.clamp(max=cap * math.log(logits.shape[-1])).mean()
+
+
+def ridge_probe_score(features: torch.Tensor, labels: torch.Tensor, num_classes: int, ridge: float) -> torch.Tensor:
+    """How well a linear probe fitted on these features predicts the labels of examples it did not see.
+
+    A ridge regression to one-hot labels, in closed form in the dual (n x n, since batches are smaller than the
+    feature width), scored by its leave-one-out R^2 (the LOO residuals of ridge are exact in closed form:
+    e_i = (y_i - yhat_i) / (1 - H_ii)). The penalty scales with the features, so shrinking them does not help;
+    centring uses the whole batch, a small approximation to true leave-one-out. Clamped at 0: no reward for a probe
+    worse than predicting the mean.
+    """
+    n = features.shape[0]
+    x = features - features.mean(0)
+    y = F.one_hot(labels, num_classes).to(x.dtype)
+    y = y - y.mean(0)
+    gram = x @ x.T
+    alpha = ridge * gram.diagonal().mean() + 1e-8
+    eye = torch.eye(n, dtype=x.dtype, device=x.device)
+    hat = torch.linalg.solve(gram + alpha * eye, gram)  # H = (K + aI)^-1 K = K (K + aI)^-1 (they commute)
+    residual = (y - hat @ y) / (1 - hat.diagonal()).unsqueeze(-1)
+    baseline = y.pow(2).sum() * (n / (n - 1)) ** 2  # LOO residuals of predicting the mean of the other rows
+    return (1 - residual.pow(2).sum() / baseline.clamp_min(1e-12)).clamp_min(0.0)

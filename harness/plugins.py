@@ -48,6 +48,13 @@ class DefenseContext:
         init_seed = None if pretrained else self.seed
         return build_encoder(self.model, pretrained=pretrained, init_seed=init_seed).to(self.device)
 
+    def classifier(self, num_labels: int, encoder: torch.nn.Module | None = None) -> Classifier:
+        """A classifier on the base encoder (or on `encoder`, e.g. to share one between two heads), pooled as the
+        model config says, on the device. Its head comes from torch's default initialisation: draw it from a seeded
+        generator (`harness.censoring.init_head`, `Classifier.reset_head`) so the seed alone fixes the run."""
+        encoder = self.base_encoder() if encoder is None else encoder
+        return Classifier(encoder, num_labels, self.model.pooling).to(self.device)
+
 
 class Checkpointer(ABC):
     """Periodic, resumable training state for long defense trainings (safetensors tensors + JSON metadata)."""
@@ -76,8 +83,9 @@ class Defense(ABC):
         return cls(validate(cls.Params, raw, f"{origin}: defense '{cls.name}' params"))
 
     def total_steps(self) -> int:
-        """Training steps, for the progress bar (0 when unknown)."""
-        return 0
+        """Training steps, for the progress bar: the params' integer `steps` when they have one, else 0 (unknown)."""
+        steps = getattr(self.params, "steps", None)
+        return steps if isinstance(steps, int) and not isinstance(steps, bool) else 0
 
     def variant(self) -> str | None:
         """A short label the reports show next to the defense's name wherever its rows appear (`mlac [first-order]`),
@@ -154,7 +162,15 @@ class AttackOutcome:
 
 
 class Attack(ABC):
-    """Base class of attack plugins."""
+    """Base class of attack plugins.
+
+    An attack declares its parameters (`Params`, a pydantic model that forbids extra fields) and its search space
+    (`default_space`); `run` trains one sampled configuration and reports its accuracies in [0, 1], the same for the
+    same seed. The training length must be an integer search dimension named `steps` (an `IntRange` or a fixed or
+    chosen int): the searches' ASHA scheduler uses it as the trial's time budget, and `run` should publish a
+    validation check every `ctx.eval_every` steps through `ctx.on_eval` so ASHA can stop the trial early.
+    `harness.testing.check_attack` checks all of this on the smoke config.
+    """
 
     name: ClassVar[str]
     Params: ClassVar[type[BaseModel]] = NoParams

@@ -2,14 +2,16 @@
 interrupted training continues from the last checkpoint to the very weights an uninterrupted one reaches.
 
 A defense with a long training loop writes a small trainer class (`Resumable`: one step, its state as tensors, how to
-load that state back, the defended encoder) and hands it to `train_resumable`.
+load that state back, the defended encoder) and hands it to `train_resumable`. Most subclass `CheckpointedTrainer`,
+which needs only the step and a dict naming what to checkpoint (modules, optimizers, tensors, random generators):
+each part is stored under its name (`model/encoder...`, `opt/0/exp_avg`, `rng`) and loaded back by the same name.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Protocol
+from typing import Any, Protocol, Union
 
 import torch
 from pydantic import BaseModel
@@ -35,6 +37,75 @@ class Resumable(Protocol):
     def encoder_state(self) -> dict[str, torch.Tensor]:
         """The defended encoder's state dict."""
         ...
+
+
+# What a checkpoint holds: a module's state dict, an optimizer's state, a tensor (e.g. a learned scalar) or a random
+# generator's state.
+Part = Union[torch.nn.Module, torch.optim.Optimizer, torch.Tensor, torch.Generator]
+
+
+class CheckpointedTrainer:
+    """A `Resumable` whose checkpoint is the named `parts()`, with the run's params as metadata.
+
+    Subclasses set `p` (the defense's params) and `model` (a `Classifier`: its encoder is the defended one), and
+    implement `step` and `parts`; `metadata` / `check_metadata` add to what the checkpoint records and checks.
+    """
+
+    p: BaseModel
+    model: Any
+    step_count: int = 0
+
+    def step(self) -> dict[str, float]:
+        raise NotImplementedError
+
+    def parts(self) -> dict[str, Part]:
+        """Everything a continuation needs, by checkpoint name."""
+        raise NotImplementedError
+
+    def metadata(self) -> dict[str, Any]:
+        return {}
+
+    def check_metadata(self, metadata: dict[str, Any]) -> None:
+        """Raise when a checkpoint's metadata says this trainer cannot continue it."""
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors: dict[str, torch.Tensor] = {}
+        for name, part in self.parts().items():
+            tensors.update(part_tensors(name, part))
+        return tensors, {**params_metadata(self.p), **self.metadata()}
+
+    def load(self, step: int, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
+        check_params(metadata, self.p)
+        self.check_metadata(metadata)
+        for name, part in self.parts().items():
+            load_part(name, part, tensors)
+        self.step_count = step
+
+    def encoder_state(self) -> dict[str, torch.Tensor]:
+        return self.model.encoder.state_dict()
+
+
+def part_tensors(name: str, part: Part) -> dict[str, torch.Tensor]:
+    """One checkpoint part as named tensors: `name/key` for a module, `name/index/key` for an optimizer."""
+    if isinstance(part, torch.nn.Module):
+        return {f"{name}/{k}": v.detach().clone() for k, v in part.state_dict().items()}
+    if isinstance(part, torch.optim.Optimizer):
+        return optimizer_tensors(part, name)
+    if isinstance(part, torch.Generator):
+        return {name: part.get_state()}
+    return {name: part.detach().clone()}
+
+
+def load_part(name: str, part: Part, tensors: dict[str, torch.Tensor]) -> None:
+    if isinstance(part, torch.nn.Module):
+        part.load_state_dict(tensors_with_prefix(tensors, f"{name}/"))
+    elif isinstance(part, torch.optim.Optimizer):
+        load_optimizer_tensors(part, tensors, name)
+    elif isinstance(part, torch.Generator):
+        part.set_state(tensors[name])
+    else:
+        with torch.no_grad():
+            part.copy_(tensors[name])
 
 
 def train_resumable(trainer: Resumable, steps: int, ctx: DefenseContext, name: str) -> dict[str, torch.Tensor]:

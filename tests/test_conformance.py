@@ -1,7 +1,8 @@
-"""The conformance kit (harness.testing) passes a sound defense and catches each kind of broken one.
+"""The conformance kit (harness.testing) passes a sound defense and a sound attack and catches each kind of broken
+one.
 
-The broken defenses below are loaded by explicit `module:attr` targets, as a config may name them; the kit trains
-them through the real defense service on the smoke config.
+The broken plugins below are loaded by explicit `module:attr` targets, as a config may name them; the kit trains the
+defenses through the real defense service and runs the attacks' trials on the smoke config.
 """
 
 from __future__ import annotations
@@ -13,9 +14,21 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from harness.classifier import Classifier
-from harness.plugins import Defense, DefenseContext
-from harness.registry import DEFENSES
-from harness.testing import ConformanceError, check_defense, check_params, check_registered, check_training
+from harness.plugins import Attack, AttackContext, AttackOutcome, Defense, DefenseContext
+from harness.registry import ATTACKS, DEFENSES
+from harness.space import IntRange, LogUniform, Space, Uniform
+from harness.testing import (
+    ConformanceError,
+    check_attack,
+    check_attack_params,
+    check_attack_registered,
+    check_defense,
+    check_params,
+    check_registered,
+    check_steps_dimension,
+    check_training,
+    check_trial,
+)
 
 HERE = "tests.test_conformance"
 
@@ -108,3 +121,92 @@ def test_nondeterminism_is_caught():
 def test_a_cache_key_that_never_repeats_is_caught():
     with pytest.raises(ConformanceError, match="trained again instead of being found in the cache"):
         check_training(f"{HERE}:Salted", {})
+
+
+# -- attacks ----------------------------------------------------------------------------------------------------------
+class Constant(Attack):
+    """Reports a fixed accuracy without training: a stand-in for attacks whose outcome is what is under test."""
+
+    accuracy: float = 0.5
+
+    def default_space(self) -> Space:
+        return {"lr": LogUniform(low=1e-4, high=1e-2), "steps": IntRange(low=5, high=10)}
+
+    def outcome(self, config: dict) -> float:
+        return self.accuracy
+
+    def run(self, ctx: AttackContext, config: dict, seed: int, score_test: bool) -> AttackOutcome:
+        value = self.outcome(config)
+        return AttackOutcome(value, value if score_test else None, config["steps"], config["steps"])
+
+
+class OutOfRange(Constant):
+    """Reports a percentage instead of a fraction."""
+
+    accuracy = 55.0
+
+
+class UnseededAttack(Constant):
+    """Reports an accuracy from an unseeded generator: different on every run."""
+
+    def outcome(self, config: dict) -> float:
+        generator = torch.Generator()
+        generator.seed()
+        return float(torch.rand((), generator=generator))
+
+
+class FloatSteps(Constant):
+    """Searches its training length as a float: ASHA cannot count rungs in it."""
+
+    def default_space(self) -> Space:
+        return {"lr": LogUniform(low=1e-4, high=1e-2), "steps": Uniform(low=5, high=10)}
+
+
+class LenientAttack(Constant):
+    """Ignores unknown parameters."""
+
+    Params = LenientParams
+
+
+def attack(name: str) -> Attack:
+    return ATTACKS.get(f"{HERE}:{name}").from_spec({}, {}, "test")
+
+
+def test_a_sound_attack_passes():
+    outcome = check_attack("probe", invalid_params=[{"patience": 0}, {"preset": "nope"}], trial={"steps": 5},
+                           space={"batch_size": 8})
+    assert 0.0 <= outcome.val_accuracy <= 1.0 and outcome.steps_run <= 5
+
+
+def test_a_fine_tuning_attack_passes():
+    check_attack("finetune", params={"preset": "paper"}, trial={"steps": 3, "batch_size": 8})
+
+
+def test_an_unregistered_attack_is_caught():
+    with pytest.raises(ConformanceError, match="attack .* not registered"):
+        check_attack_registered(f"{HERE}:Constant")
+
+
+def test_unvalidated_attack_params_are_caught():
+    with pytest.raises(ConformanceError, match="accepts an unknown parameter"):
+        check_attack_params(ATTACKS.get(f"{HERE}:LenientAttack"), {})
+    check_attack_params(ATTACKS.get("probe"), {}, invalid_params=[{"patience": 0}])
+    with pytest.raises(ConformanceError, match="accepts the invalid params"):
+        check_attack_params(ATTACKS.get("probe"), {}, invalid_params=[{"patience": 5}])
+
+
+def test_a_float_steps_dimension_is_caught():
+    with pytest.raises(ConformanceError, match="'steps' dimension .* integer"):
+        check_steps_dimension(attack("FloatSteps"))
+    check_steps_dimension(attack("Constant"))
+
+
+def test_an_accuracy_outside_0_1_is_caught():
+    check_trial(attack("Constant"))
+    with pytest.raises(ConformanceError, match="val_accuracy is 55.0"):
+        check_trial(attack("OutOfRange"))
+
+
+def test_a_nondeterministic_attack_is_caught():
+    with pytest.raises(ConformanceError, match="not deterministic"):
+        check_trial(attack("UnseededAttack"))

@@ -14,17 +14,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from defenses.adversarial import Adversarial, AdversarialParams, as_mlac
+from defenses._censor import CensorTrainer, meta_loss
+from defenses.adversarial import Adversarial, AdversarialParams
+from defenses.adversarial import as_censoring as as_ac
 from defenses.bert import Bert, BertParams, BertTrainer, BertTrainerParams, as_censoring
-from defenses.mlac import (
-    CensorTrainer,
-    Mlac,
-    MlacParams,
-    draw_head,
-    make_batch,
-    meta_loss,
-    ridge_probe_score,
-)
+from defenses.mlac import Mlac, MlacParams
+from harness.censoring import draw_head, make_batch, ridge_probe_score
 from harness.attack_step import AttackSetting
 from harness.classifier import Classifier
 from harness.config import ModelConfig
@@ -42,7 +37,7 @@ NUM_LABELS = {"gender": 2, "profession": len(PROFESSIONS)}
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
+def one_thread():
     # The tiny model's tensors are far too small for threads to pay off; one thread also keeps timings steady when
     # other processes share the cores.
     previous = torch.get_num_threads()
@@ -235,7 +230,7 @@ def test_adversarial_reset_head_is_the_reference_baseline(splits, tmp_path):
     """`harmful_head: reset` censors a fresh random head each step (the reference code's baseline): allowed through
     the adversarial defense only, and a different training from the learned-head adversary."""
     raw = {"steps": 3, "lr": 1e-3, "batch_size": 16, "censor": "neg_ce"}
-    p = as_mlac(AdversarialParams(**raw, harmful_head="reset"))
+    p = as_ac(AdversarialParams(**raw, harmful_head="reset"))
     assert (p.inner_steps, p.harmful_head, p.censor) == (0, "reset", "neg_ce")
     with pytest.raises(ValueError, match="random head"):
         MlacParams(**raw, inner_steps=0, harmful_head="reset")
@@ -248,7 +243,7 @@ def test_adversarial_reset_head_is_the_reference_baseline(splits, tmp_path):
 
 def test_k0_step_is_plain_adversarial_censoring(splits, tmp_path):
     """An independent AC step written with ordinary modules gives the same weights as the MLAC step at K=0."""
-    p = as_mlac(AdversarialParams(steps=3, lr=1e-3, batch_size=16, harmful_weight=2.0, head_lr=1e-2))
+    p = as_ac(AdversarialParams(steps=3, lr=1e-3, batch_size=16, harmful_weight=2.0, head_lr=1e-2))
     ours = CensorTrainer(p, context(splits["defense"], tmp_path / "a"))
     ref = CensorTrainer(p, context(splits["defense"], tmp_path / "b"))
     for _ in range(3):

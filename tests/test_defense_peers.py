@@ -19,7 +19,7 @@ from harness.attack_step import init_optimizer_state, sample_batch
 from harness.censoring import draw_head, make_batch, sample_setting
 from harness.testing import check_defense
 from tests.conftest import ROOT, sdm_command
-from tests.test_defense_mlac import _one_thread, assert_same_state, context, probe_attack, splits  # noqa: F401
+from tests.test_defense_mlac import assert_same_state, context, one_thread, probe_attack, splits  # noqa: F401
 
 PEERS = {"repnoise": (RepNoise, RepNoiseParams), "sophon": (Sophon, SophonParams)}
 
@@ -84,7 +84,10 @@ def test_sophon_probe_shortcut_gives_the_stepwise_gradient(splits, tmp_path):
     setting = sample_setting(g, lr=lr, steps=p.inner_steps, batch_sizes=p.inner_batch_sizes, pool=len(pool),
                              adapts=p.inner_adapt, top_k=p.inner_top_k, optimizers=p.inner_optimizers)
     attacker.encoder.load_state_dict(trainer.model.encoder.state_dict())
-    trainer.set_head(attacker, draw_head(attacker.head.in_features, attacker.head.out_features, g, ctx.device))
+    head = draw_head(attacker.head.in_features, attacker.head.out_features, g, ctx.device)
+    with torch.no_grad():
+        attacker.head.weight.copy_(head["head.weight"])
+        attacker.head.bias.copy_(head["head.bias"])
     held_out = make_batch(ctx.train, held, ctx.harmful, ctx.device)
     head = [attacker.head.weight, attacker.head.bias]
     state = init_optimizer_state(head, setting.optimizer)

@@ -10,7 +10,6 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from harness.attack_step import AttackSetting
-from harness.classifier import Classifier
 from harness.plugins import Defense, DefenseContext
 from harness.training import fit
 
@@ -27,14 +26,11 @@ class NoisyFinetuneParams(BaseModel):
 class NoisyFinetune(Defense):
     """Example: desired-task fine-tuning, then Gaussian noise on the weights (shows the interface, blocks nothing)."""
 
-    Params = NoisyFinetuneParams
-
-    def total_steps(self) -> int:
-        return self.params.steps
+    Params = NoisyFinetuneParams  # its `steps` is also the progress bar's length (`Defense.total_steps`)
 
     def train(self, ctx: DefenseContext) -> dict[str, torch.Tensor]:
         p = self.params
-        model = Classifier(ctx.base_encoder(), ctx.num_labels[ctx.desired], ctx.model.pooling).to(ctx.device)
+        model = ctx.classifier(ctx.num_labels[ctx.desired])  # the base encoder, pooled as the config says
         if p.steps:
             setting = AttackSetting(lr=p.lr, steps=p.steps, batch_size=p.batch_size, adapt="full", optimizer="adamw")
             fit(model, ctx.train, ctx.desired, setting, seed=ctx.seed,
