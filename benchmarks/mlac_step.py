@@ -1,4 +1,4 @@
-"""MLAC meta-step: our functional implementation (defenses.mlac.meta_loss) vs the same step built on `higher`.
+"""MLAC meta-step: our functional implementation (defenses._censor.meta_loss) vs the same step built on `higher`.
 
 One meta-step = K differentiable inner Adam steps of a full fine-tuning attack on harmful batches (learned inner lr,
 inner clip 100 by global norm), the outer loss (desired CE + entropy censoring of the adapted model), the backward
@@ -35,7 +35,9 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from defenses.mlac import Batch, MlacParams, clip_by_global_norm, draw_head, meta_loss  # noqa: E402
+from defenses._censor import meta_loss  # noqa: E402
+from defenses.mlac import MlacParams  # noqa: E402
+from harness.censoring import Batch, clip_by_global_norm, draw_head  # noqa: E402
 from harness.attack_step import EPS, AttackSetting  # noqa: E402
 from harness.classifier import Classifier  # noqa: E402
 from harness.config import ModelConfig  # noqa: E402
