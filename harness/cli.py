@@ -42,7 +42,7 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a c
 
 
 def _load(config: Path, overrides: list[str] | None, out: Path | None = None):
-    from harness.config import load_config
+    from harness.configfile import load_config
 
     cfg = load_config(config, (overrides or []) + ([f"output={out}"] if out else []))
     return cfg

@@ -16,7 +16,8 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from harness.classifier import Classifier
-from harness.config import ModelConfig, validate
+from harness.config import ModelConfig
+from harness.configfile import validate
 from harness.space import Dim, Space
 from harness.tokenized import TokenizedSplit
 from harness.training import Features

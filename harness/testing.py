@@ -48,7 +48,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from harness.config import DefenseSpec, ExperimentConfig, load_config
+from harness.config import DefenseSpec, ExperimentConfig
+
+from harness.configfile import load_config
 from harness.defend import train_defense
 from harness.errors import UserError
 from harness.models import build_encoder

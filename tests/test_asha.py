@@ -12,7 +12,8 @@ import ray
 
 from attacks.finetune import Finetune
 from harness.classifier import Classifier
-from harness.config import Resources, load_config
+from harness.config import Resources
+from harness.configfile import load_config
 from harness.errors import UserError
 from harness.models import build_encoder
 from harness.plugins import CellData

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import load_config
+from harness.configfile import load_config
 from harness.errors import UserError
 from tests.conftest import SMOKE
 

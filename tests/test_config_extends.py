@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import load_config, resolve_extends
+from harness.configfile import load_config, resolve_extends
 from harness.errors import UserError
 from tests.conftest import ROOT, SMOKE
 

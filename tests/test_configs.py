@@ -10,7 +10,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from harness.config import ModelConfig, load_config
+from harness.config import ModelConfig
+
+from harness.configfile import load_config
 from harness.models import model_location
 from harness.plan import validate_plugins
 from tests.conftest import ROOT, sdm_command

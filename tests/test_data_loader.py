@@ -19,7 +19,8 @@ import pytest
 from rich.console import Console
 
 from harness.atomic import TMP_MARK, clean_leftovers
-from harness.config import DataConfig, ExperimentConfig, validate
+from harness.config import DataConfig, ExperimentConfig
+from harness.configfile import validate
 from harness.data import loader
 from harness.data.inspect import inspect_corpus, render_inspection
 from harness.data.loader import load_corpus

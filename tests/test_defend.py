@@ -11,7 +11,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from harness.config import load_config
+from harness.configfile import load_config
 from harness.defend import META_FILE, train_defense
 from harness.models import state_fingerprint
 from harness.data.prepare import prepare_data

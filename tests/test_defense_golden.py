@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.config import load_config
+from harness.configfile import load_config
 from harness.defend import FileCheckpointer
 from harness.models import state_fingerprint
 from harness.registry import DEFENSES

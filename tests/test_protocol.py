@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from harness.config import load_config
+from harness.configfile import load_config
 from harness.results import CELL_SCHEMA, PROTOCOL_VERSION, read_cells, read_trials
 from tests.conftest import SMOKE, sdm_command
 

@@ -21,7 +21,8 @@ import pytest
 import yaml
 
 from harness.atomic import TMP_MARK
-from harness.config import FaultInjection, load_config
+from harness.config import FaultInjection
+from harness.configfile import load_config
 from harness.defend import train_defense
 from harness.lock import HOLDER_FILE
 from harness.results import read_cells, read_trials
