@@ -15,7 +15,7 @@ from pydantic import (
     BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator,
 )
 
-from harness.errors import UserError, did_you_mean
+from harness.errors import did_you_mean
 
 
 # The defense every leaderboard gap is measured against: the encoder's architecture with no pretraining.
