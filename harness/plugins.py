@@ -106,13 +106,27 @@ class Defense(ABC):
 # -- attacks ----------------------------------------------------------------------------------------------------------
 @dataclass
 class CellData:
-    """One cell's data: the attacker's budget sample, the validation and test splits, the task."""
+    """One cell's data: the attacker's budget sample, the validation and test splits, the task; and, for attacks whose
+    `needs_benign()` is true, the attacker's own desired-task rows (`benign`)."""
 
     train: TokenizedSplit
     val: TokenizedSplit
     test: TokenizedSplit
     label: str
     num_labels: int
+    # The attacker's pool (every row of it, the budget sample's rows included: the attacker owns both) with its
+    # desired-task label column only, so an attack cannot read more harmful labels than its budget. None unless the
+    # attack asked for it, and on cells of the desired task (there, unlimited desired labels would void the budget).
+    benign: TokenizedSplit | None = None
+    benign_label: str | None = None  # the desired task's label column (the only column `benign` carries)
+    benign_num_labels: int = 0
+
+
+def desired_rows(pool: TokenizedSplit, label: str) -> TokenizedSplit:
+    """The attacker's pool as `CellData.benign`: the same rows, with the desired task's label column only."""
+    if label not in pool.labels:
+        raise KeyError(f"the attacker's pool has no label column '{label}' (it has {', '.join(pool.labels)})")
+    return TokenizedSplit(pool.ids, pool.offsets, {label: pool.labels[label]})
 
 
 @dataclass
@@ -193,6 +207,10 @@ class Attack(ABC):
 
     def needs_features(self) -> bool:
         """Whether some configuration of the space trains a linear probe on frozen features."""
+        return False
+
+    def needs_benign(self) -> bool:
+        """Whether the attack uses the attacker's desired-task rows (`CellData.benign`) besides its budget sample."""
         return False
 
     @abstractmethod

@@ -270,7 +270,7 @@ def _defend(cfg, defense_name, defense_seed, prepared, attacks, stamp, progress)
 
 def _attack_cell(cfg, cell, defended, prepared, attacks, pool, storage, resume, run_dir, on_trial) -> str:
     """Search one cell, write its trials and its row (the cell is finished once its row exists); its status."""
-    from harness.plugins import CellData
+    from harness.plugins import CellData, desired_rows
     from harness.results import CellKey, CellRow, TrialRow, write_cell, write_cells_table
     from harness.search import CellPayload, discard_search, run_cell
 
@@ -278,6 +278,11 @@ def _attack_cell(cfg, cell, defended, prepared, attacks, pool, storage, resume, 
     attack = attacks[cell.attack]
     data = CellData(prepared.attack_pool.subset(rows), prepared.val, prepared.test, cell.task,
                     cfg.data.labels[cell.task])
+    if attack.needs_benign() and cell.task_role == "harmful":
+        # The attacker's own desired-task rows: its pool (never the defense's), all of it, desired labels only.
+        desired = cfg.tasks.desired
+        data = dataclasses.replace(data, benign=desired_rows(prepared.attack_pool, desired), benign_label=desired,
+                                   benign_num_labels=cfg.data.labels[desired])
     features = defended.features(cell, rows) if attack.needs_features() else None
     payload = CellPayload(cfg.model, defended.state, data, features, attack, cfg.search.eval_every,
                           cfg.search.resources_per_trial.cpu)
