@@ -25,7 +25,7 @@ from harness.training import Features, accuracy, encode, fit
 from tests.conftest import sdm_command
 
 TINY = ModelConfig(source="tiny", max_length=32)
-ATTACK_NAMES = {"finetune", "probe", "top-k", "lora"}
+ATTACK_NAMES = {"finetune", "probe", "top-k", "lora", "reinit-top", "benign-first"}
 
 
 def easy_split(n: int, seed: int) -> TokenizedSplit:
@@ -165,7 +165,7 @@ def test_bad_space_values_fail_before_any_trial(name: str, space: dict, message:
     assert str(error.value).startswith(f"cfg.yaml: attack '{name}' {message} (")
 
 
-def test_sdm_plugins_lists_the_four_attacks():
+def test_sdm_plugins_lists_the_built_in_attacks():
     out = subprocess.run([*sdm_command(), "plugins"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     attacks = out.stdout.split("attacks:")[1].split()

@@ -16,7 +16,6 @@ import torch
 import attacks.benign_first as benign_first_module
 from attacks.benign_first import BenignFirst
 from attacks.reinit_top import ReinitTop, reinitialise_top_layers
-from harness.classifier import Classifier
 from harness.config import ModelConfig
 from harness.configfile import load_config
 from harness.errors import UserError
@@ -26,7 +25,7 @@ from harness.registry import ATTACKS
 from harness.space import Choice, Fixed
 from harness.testing import check_attack
 from harness.tokenized import TokenizedSplit
-from harness.training import accuracy, fit
+from harness.training import fit
 from tests.conftest import SMOKE, sdm_command
 
 TINY = ModelConfig(source="tiny", max_length=32)  # 2 layers
@@ -171,7 +170,7 @@ def test_reinit_layers_beyond_the_depth_redraw_every_layer_but_not_the_embedding
     encoder.load_state_dict(state)
     assert reinitialise_top_layers(encoder, 5, seed=0) == [0, 1]
     changed = changed_keys(state, encoder.state_dict())
-    assert any(k.startswith("encoder.layer.0.") for k in changed) and any(k.startswith("encoder.layer.1.") for k in changed)
+    assert {k.split(".")[2] for k in changed if k.startswith("encoder.layer.")} == {"0", "1"}
     assert not any(k.startswith(("embeddings.", "pooler.")) for k in changed)
 
 
@@ -314,7 +313,8 @@ def sdm(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedP
                           env={**os.environ, **(env or {})})
 
 
-SHORT = {"reinit-top": "{steps: {type: int, low: 5, high: 15}, batch_size: 16, reinit_layers: {type: int, low: 1, high: 2}}",
+SHORT = {"reinit-top": "{steps: {type: int, low: 5, high: 15}, batch_size: 16, "
+                       "reinit_layers: {type: int, low: 1, high: 2}}",
          "benign-first": "{steps: {type: int, low: 5, high: 15}, batch_size: 16, benign_steps: {type: int, low: 5, "
                          "high: 15}, benign_examples: {type: int, low: 50, high: 200}}"}
 
