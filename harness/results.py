@@ -356,27 +356,26 @@ def write_cell(run_dir: Path, trial_rows: list[TrialRow], cell_row: CellRow,
     write_table(Path(run_dir, "cells", f"{cell['cell_id']}.parquet"), to_table([cell], CELL_SCHEMA, "cell"))
 
 
-def read_trials(run_dir: Path) -> pa.Table:
+def _read_partitioned(run_dir: Path, filename: str, schema: pa.Schema) -> pa.Table:
+    """The `filename` files of every cell partition under trials/ (a cell's trials and curves share its folder)."""
     folder = Path(run_dir, "trials")
-    if not folder.exists():
-        return TRIAL_SCHEMA.empty_table()
+    files = sorted(folder.rglob(filename)) if folder.exists() else []
+    if not files:
+        return schema.empty_table()
     partitioning = ds.partitioning(pa.schema(PARTITION_FIELDS), flavor="hive")
     # The explicit schema reads columns an older file lacks as nulls.
-    dataset = ds.dataset(folder, schema=TRIAL_SCHEMA, format="parquet", partitioning=partitioning,
-                         exclude_invalid_files=True)
+    dataset = ds.dataset([str(f) for f in files], schema=schema, format="parquet", partitioning=partitioning,
+                         partition_base_dir=str(folder), exclude_invalid_files=True)
     return dataset.to_table()
+
+
+def read_trials(run_dir: Path) -> pa.Table:
+    return _read_partitioned(run_dir, "trials.parquet", TRIAL_SCHEMA)
 
 
 def read_curves(run_dir: Path) -> pa.Table:
     """Every cell's curve rows (empty for a run written before curves existed)."""
-    folder = Path(run_dir, "trials")
-    files = sorted(folder.rglob("curves.parquet")) if folder.exists() else []
-    if not files:
-        return CURVE_SCHEMA.empty_table()
-    partitioning = ds.partitioning(pa.schema(PARTITION_FIELDS), flavor="hive")
-    dataset = ds.dataset([str(f) for f in files], schema=CURVE_SCHEMA, format="parquet", partitioning=partitioning,
-                         partition_base_dir=str(folder))
-    return dataset.to_table()
+    return _read_partitioned(run_dir, "curves.parquet", CURVE_SCHEMA)
 
 
 def write_curves_table(run_dir: Path) -> Path:
