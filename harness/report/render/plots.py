@@ -112,7 +112,7 @@ def plot_compute(tables: LeaderboardTables, threshold: float | None = None) -> b
             if not points:
                 continue
             x, y = zip(*points)
-            ax.plot(x, y, color=color, linewidth=1.6, linestyle="--" if defense == REFERENCE_DEFENSE else "-",
+            ax.plot(x, y, color=color, linewidth=1.6, marker="o", markersize=2.5, linestyle="--" if defense == REFERENCE_DEFENSE else "-",
                     label=labels.get(defense, defense) if budget == budgets[0] else None)
         if threshold is not None:
             ax.axhline(threshold, color="black", linestyle=":", linewidth=1,
@@ -125,7 +125,7 @@ def plot_compute(tables: LeaderboardTables, threshold: float | None = None) -> b
     axes[0].set_ylabel("test accuracy")
     fig.suptitle(f"Harmful task ({rows[0]['task']}): attacker's validation-best attack, mean over seeds of its "
                  "reruns", fontsize=10)
-    fig.legend(frameon=False, fontsize=8, loc="outside right upper")
+    fig.legend(frameon=False, fontsize=8, loc="outside right center")
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()
