@@ -4,7 +4,7 @@ A run directory holds
   trials/defense=…/attack=…/task=…/budget=…/seed=…/trials.parquet   one row per search trial and per rerun
   cells/<cell_id>.parquet                                           one row per finished cell (the resume marker)
   cells.parquet                                                     all cell rows, rebuilt after every cell
-  trials/defense=…/attack=…/task=…/budget=…/seed=…/curves.parquet   the accuracy checks along each trial's steps
+  trials/defense=…/attack=…/task=…/budget=…/seed=…/curves.parquet   accuracy checks along each trial's steps
   curves.parquet                                                    all curve rows, rebuilt after every cell
 
 Curves: every search trial's validation accuracy at each check (`search.eval_every`, and its last step); each rerun of

@@ -1,7 +1,8 @@
 """Persistent attack workers: heavy imports and each cell's payload are loaded once per worker, not once per trial.
 
 Every attack outcome passes through `AttackWorker.run`, so this is where a broken one is stopped: an accuracy (its
-result's or one of its curve's checks) that is not a number in [0, 1] fails the trial (which Tune then retries) instead of reaching selection or a published mean.
+result's or one of its curve's checks) that is not a number in [0, 1] fails the trial (which Tune then retries)
+instead of reaching selection or a published mean.
 It is also where `search.fault_injection` makes chosen trials fail, to prove that handling on a real run.
 """
 

@@ -471,7 +471,8 @@ def defense_facts(
             max_budget=max_budget, desired_max_budget=desired_max_budget, block_margin=margin,
             utility_margin=utility_margin, threshold=threshold, threshold_rule=rule, cost=cost, cost_flag=flag,
             validation_rows=val_rows, cost_with_validation=cost_val, verdict_cells=verdict_cells,
-            search_limited=limited, compute=compute_costs(harmful, defense, tasks.get("harmful"), curves or {}, threshold),
+            search_limited=limited,
+            compute=compute_costs(harmful, defense, tasks.get("harmful"), curves or {}, threshold),
         ))
     return facts
 

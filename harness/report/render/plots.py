@@ -112,7 +112,8 @@ def plot_compute(tables: LeaderboardTables, threshold: float | None = None) -> b
             if not points:
                 continue
             x, y = zip(*points)
-            ax.plot(x, y, color=color, linewidth=1.6, marker="o", markersize=2.5, linestyle="--" if defense == REFERENCE_DEFENSE else "-",
+            ax.plot(x, y, color=color, linewidth=1.6, marker="o", markersize=2.5,
+                    linestyle="--" if defense == REFERENCE_DEFENSE else "-",
                     label=labels.get(defense, defense) if budget == budgets[0] else None)
         if threshold is not None:
             ax.axhline(threshold, color="black", linestyle=":", linewidth=1,
