@@ -74,8 +74,8 @@ ORIGIN_FIELDS = [
 # Did the attacker's search converge? Computed by the search (`harness.search.search_diagnostics`); null in cells
 # written before them (unknown) and in cells with no successful search trial.
 SEARCH_DIAGNOSTIC_FIELDS = [
-    # JSON list, one entry per search trial in the order Tune created them (the trials table's order): the best
-    # validation accuracy of the successful trials so far (null before the first)
+    # JSON list, one entry per search trial in Tune's order (creation, a retried trial moved to the end; the trials
+    # table's order): the best validation accuracy of the successful trials so far (null before the first)
     pa.field("search_best_so_far", pa.string()),
     pa.field("search_best_trial", pa.int64()),  # 0-based index in that order of the trial selected
     pa.field("search_still_improving", pa.bool_()),  # the selected trial came in the last quarter of the trials

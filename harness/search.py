@@ -307,7 +307,8 @@ def search_edges(space: Space, config: dict[str, Any], fraction: float = EDGE_FR
 
 
 def search_diagnostics(rows: list[TrialResult], best_index: int, space: Space, config: dict[str, Any]) -> dict:
-    """The cell row's `search_*` fields: `rows` are the search trials in the order Tune created them, `best_index`
+    """The cell row's `search_*` fields: `rows` are the search trials in the order Tune lists them (the order it
+    created them, except that a trial retried after a failure moves to the end: it ran again there), `best_index`
     the selected one, `space` the searched dimensions and `config` the selected configuration."""
     curve = best_so_far([r.val_accuracy if r.status == "ok" else None for r in rows])
     edges = search_edges(space, config)
