@@ -96,17 +96,21 @@ class FineTuning(Attack):
         cached = ctx.features if setting.adapt == "probe" else None
         model = self.prepare(ctx.classifier(seed, load_encoder=cached is None), config, seed)
         data = ctx.data
+
+        def test_accuracy() -> float:
+            if cached is not None and cached.test is not None:
+                return probe_accuracy(model.head, cached.test, data.test.labels[data.label])
+            return accuracy(model, data.test, data.label)
+
+        # Reruns only: test is scored at every validation check (the curves) and once on the restored best weights.
         result = fit(
             model, data.train, data.label, setting, seed=seed, val=data.val, eval_every=ctx.eval_every,
             patience=self.params.patience, features=cached, on_eval=ctx.on_eval, on_step=ctx.on_step,
+            test_accuracy=test_accuracy if score_test else None,
         )
-        test = None
-        if score_test:
-            if cached is not None and cached.test is not None:
-                test = probe_accuracy(model.head, cached.test, data.test.labels[data.label])
-            else:
-                test = accuracy(model, data.test, data.label)
-        return AttackOutcome(result.val_accuracy or 0.0, test, result.steps_run, result.best_step)
+        test = test_accuracy() if score_test else None
+        return AttackOutcome(result.val_accuracy or 0.0, test, result.steps_run, result.best_step,
+                             tuple(result.history), tuple(result.test_history))
 
     def _check_space(self, origin: str) -> None:
         """Every value the space can produce must make a valid setting: a typo fails here, not in every trial.

@@ -14,21 +14,23 @@ from __future__ import annotations
 
 from harness.report.aggregate import aggregate, comparison_pairs
 from harness.report.columns import SUMMARY_COLUMNS, SUMMARY_SCHEMA, Column, View
-from harness.report.merge import merge_runs
+from harness.report.merge import merge_curves, merge_runs
 from harness.report.publish import build_leaderboard, default_out
 from harness.report.render import (
     FORMATS,
     OutputFormat,
     defense_colors,
+    plot_compute,
     plot_role,
     register_format,
     render_html,
     render_markdown,
     render_terminal,
 )
-from harness.report.stats import data_cost
+from harness.report.stats import BUDGET_LIMITED, data_cost
 from harness.report.tables import (
     COMPARISON_SCHEMA,
+    CURVES_SCHEMA,
     LEADERBOARD_SCHEMA,
     WORST_CASE,
     LeaderboardFiles,
@@ -36,8 +38,8 @@ from harness.report.tables import (
 )
 
 __all__ = [
-    "COMPARISON_SCHEMA", "FORMATS", "LEADERBOARD_SCHEMA", "SUMMARY_COLUMNS", "SUMMARY_SCHEMA", "WORST_CASE", "Column",
-    "LeaderboardFiles", "LeaderboardTables", "OutputFormat", "View", "aggregate", "build_leaderboard",
-    "comparison_pairs", "data_cost", "default_out", "defense_colors", "merge_runs", "plot_role", "register_format",
-    "render_html", "render_markdown", "render_terminal",
+    "BUDGET_LIMITED", "COMPARISON_SCHEMA", "CURVES_SCHEMA", "FORMATS", "LEADERBOARD_SCHEMA", "SUMMARY_COLUMNS",
+    "SUMMARY_SCHEMA", "WORST_CASE", "Column", "LeaderboardFiles", "LeaderboardTables", "OutputFormat", "View",
+    "aggregate", "build_leaderboard", "comparison_pairs", "data_cost", "default_out", "defense_colors", "merge_curves",
+    "merge_runs", "plot_compute", "plot_role", "register_format", "render_html", "render_markdown", "render_terminal",
 ]

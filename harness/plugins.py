@@ -174,6 +174,10 @@ class AttackOutcome:
     test_accuracy: float | None
     steps_run: int
     best_step: int
+    # (step, accuracy) at each validation check (`FitResult.history`), and for reruns (score_test) the test accuracy
+    # at the same checks (`FitResult.test_history`): the curves tables. Empty: the attack reports no curve.
+    val_curve: tuple[tuple[int, float], ...] = ()
+    test_curve: tuple[tuple[int, float], ...] = ()
 
 
 class Attack(ABC):

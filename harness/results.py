@@ -4,6 +4,13 @@ A run directory holds
   trials/defense=…/attack=…/task=…/budget=…/seed=…/trials.parquet   one row per search trial and per rerun
   cells/<cell_id>.parquet                                           one row per finished cell (the resume marker)
   cells.parquet                                                     all cell rows, rebuilt after every cell
+  trials/defense=…/attack=…/task=…/budget=…/seed=…/curves.parquet   accuracy checks along each trial's steps
+  curves.parquet                                                    all curve rows, rebuilt after every cell
+
+Curves: every search trial's validation accuracy at each check (`search.eval_every`, and its last step); each rerun of
+the selected configuration has its validation checks and, at the same steps, test accuracy (reruns only: selection
+never sees test). The cells' search diagnostics (`search_*` columns) came later: cells written before them read null
+there, which means unknown (no caution, no effect on a verdict), not "converged".
 """
 
 from __future__ import annotations
@@ -64,6 +71,18 @@ ORIGIN_FIELDS = [
     pa.field("validation_rows", pa.int64()),  # labelled rows the attacker selected on, beside its budget
 ]
 
+# Did the attacker's search converge? Computed by the search (`harness.search.search_diagnostics`); null in cells
+# written before them (unknown) and in cells with no successful search trial.
+SEARCH_DIAGNOSTIC_FIELDS = [
+    # JSON list, one entry per search trial in Tune's order (creation, a retried trial moved to the end; the trials
+    # table's order): the best validation accuracy of the successful trials so far (null before the first)
+    pa.field("search_best_so_far", pa.string()),
+    pa.field("search_best_trial", pa.int64()),  # 0-based index in that order of the trial selected
+    pa.field("search_still_improving", pa.bool_()),  # the selected trial came in the last quarter of the trials
+    pa.field("search_at_edge", pa.bool_()),  # a searched numeric dimension of the selection within 10% of a bound
+    pa.field("search_edges", pa.string()),  # those dimensions as "name:low|high", joined by ","; "" when none
+]
+
 TRIAL_SCHEMA = pa.schema(
     [
         *PARTITION_FIELDS,
@@ -101,8 +120,22 @@ CELL_SCHEMA = pa.schema(
         pa.field("test_accuracy_std", pa.float64()),
         pa.field("n_reruns", pa.int64()),
         pa.field("wall_seconds", pa.float64()),
+        *SEARCH_DIAGNOSTIC_FIELDS,
         *ORIGIN_FIELDS,
         *PROVENANCE_FIELDS,
+    ]
+)
+
+CURVE_SCHEMA = pa.schema(
+    [
+        *PARTITION_FIELDS,
+        pa.field("cell_id", pa.string()),
+        pa.field("task_role", pa.string()),
+        pa.field("trial_id", pa.string()),  # as in the trials table
+        pa.field("phase", pa.string()),  # search | rerun
+        pa.field("step", pa.int64()),  # training steps done at the check
+        pa.field("split", pa.string()),  # validation | test (test: reruns only)
+        pa.field("accuracy", pa.float64()),  # of the model at that step (not of the best checkpoint so far)
     ]
 )
 
@@ -186,6 +219,28 @@ class CellResult:
     best_val_accuracy: float | None = None
     test_accuracy: float | None = None
     test_accuracy_std: float | None = None
+    search_best_so_far: str | None = None  # SEARCH_DIAGNOSTIC_FIELDS
+    search_best_trial: int | None = None
+    search_still_improving: bool | None = None
+    search_at_edge: bool | None = None
+    search_edges: str | None = None
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """One accuracy check of one trial or rerun, as the search reports it."""
+
+    trial_id: str
+    phase: str  # search | rerun
+    step: int
+    split: str  # validation | test
+    accuracy: float
+
+
+@dataclass(frozen=True)
+class CurveRow:
+    key: CellKey
+    point: CurvePoint
 
 
 @dataclass(frozen=True)
@@ -281,25 +336,51 @@ def trial_partition(run_dir: Path, row: dict[str, Any]) -> Path:
     return Path(run_dir, "trials", *parts, "trials.parquet")
 
 
-def write_cell(run_dir: Path, trial_rows: list[TrialRow], cell_row: CellRow) -> None:
-    """A finished cell: its trials first, then its cell row (whose presence marks the cell as done)."""
+def curve_partition(run_dir: Path, row: dict[str, Any]) -> Path:
+    return trial_partition(run_dir, row).with_name("curves.parquet")
+
+
+def _unpartitioned(rows: list[Any], schema: pa.Schema, kind: str) -> pa.Table:
+    """Rows without the partition columns, which the partition path holds."""
     partition = {p.name for p in PARTITION_FIELDS}
-    keep = pa.schema([f for f in TRIAL_SCHEMA if f.name not in partition])  # the partition path holds the rest
-    trials = [{k: v for k, v in flatten(row).items() if k not in partition} for row in trial_rows]
+    keep = pa.schema([f for f in schema if f.name not in partition])
+    return to_table([{k: v for k, v in flatten(row).items() if k not in partition} for row in rows], keep, kind)
+
+
+def write_cell(run_dir: Path, trial_rows: list[TrialRow], cell_row: CellRow,
+               curve_rows: list[CurveRow] | None = None) -> None:
+    """A finished cell: its trials and curves first, then its cell row (whose presence marks the cell as done)."""
     cell = flatten(cell_row)
-    write_table(trial_partition(run_dir, cell), to_table(trials, keep, "trials"))
+    write_table(trial_partition(run_dir, cell), _unpartitioned(trial_rows, TRIAL_SCHEMA, "trials"))
+    write_table(curve_partition(run_dir, cell), _unpartitioned(curve_rows or [], CURVE_SCHEMA, "curves"))
     write_table(Path(run_dir, "cells", f"{cell['cell_id']}.parquet"), to_table([cell], CELL_SCHEMA, "cell"))
 
 
-def read_trials(run_dir: Path) -> pa.Table:
+def _read_partitioned(run_dir: Path, filename: str, schema: pa.Schema) -> pa.Table:
+    """The `filename` files of every cell partition under trials/ (a cell's trials and curves share its folder)."""
     folder = Path(run_dir, "trials")
-    if not folder.exists():
-        return TRIAL_SCHEMA.empty_table()
+    files = sorted(folder.rglob(filename)) if folder.exists() else []
+    if not files:
+        return schema.empty_table()
     partitioning = ds.partitioning(pa.schema(PARTITION_FIELDS), flavor="hive")
     # The explicit schema reads columns an older file lacks as nulls.
-    dataset = ds.dataset(folder, schema=TRIAL_SCHEMA, format="parquet", partitioning=partitioning,
-                         exclude_invalid_files=True)
+    dataset = ds.dataset([str(f) for f in files], schema=schema, format="parquet", partitioning=partitioning,
+                         partition_base_dir=str(folder), exclude_invalid_files=True)
     return dataset.to_table()
+
+
+def read_trials(run_dir: Path) -> pa.Table:
+    return _read_partitioned(run_dir, "trials.parquet", TRIAL_SCHEMA)
+
+
+def read_curves(run_dir: Path) -> pa.Table:
+    """Every cell's curve rows (empty for a run written before curves existed)."""
+    return _read_partitioned(run_dir, "curves.parquet", CURVE_SCHEMA)
+
+
+def write_curves_table(run_dir: Path) -> Path:
+    table = read_curves(run_dir).replace_schema_metadata(_metadata("curves"))
+    return write_table(Path(run_dir, "curves.parquet"), table)
 
 
 def read_cells(run_dir: Path) -> pa.Table:

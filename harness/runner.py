@@ -1,4 +1,4 @@
-"""`sdm run`: config -> cells -> defended weights -> one attack search per cell -> trial and cell tables.
+"""`sdm run`: config -> cells -> defended weights -> one attack search per cell -> trial, curve and cell tables.
 
 Each stage reads only what the previous one wrote. Finished cells (their row under `cells/`, status ok) are never
 recomputed; a cell recorded as failed is run again, its rows replaced; with `resume`, an interrupted cell's Tuner is
@@ -118,9 +118,10 @@ def run_experiment(
         check_run_dir(cfg, run_dir)
         plan = plan_cells(cfg, run_dir)
         if not plan.todo:
-            from harness.results import write_cells_table
+            from harness.results import write_cells_table, write_curves_table
 
-            tables = {"trials": run_dir / "trials", "cells": write_cells_table(run_dir)}
+            tables = {"trials": run_dir / "trials", "cells": write_cells_table(run_dir),
+                      "curves": write_curves_table(run_dir)}
             return RunSummary(run_dir, 0, len(plan.cells), [], time.perf_counter() - started, tables, prepared.pools)
         return _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, started)
 
@@ -165,7 +166,7 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
     """Train (or find) each defense a cell still needs, then search every unfinished cell against it."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from harness.results import write_cells_table
+    from harness.results import write_cells_table, write_curves_table
     from harness.search import tune_dir
     from harness.workers import WorkerPool
 
@@ -197,7 +198,8 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
                     progress.advance(cells_bar)
     finally:
         pool.shutdown()
-    summary.tables = {"trials": run_dir / "trials", "cells": write_cells_table(run_dir)}
+    summary.tables = {"trials": run_dir / "trials", "cells": write_cells_table(run_dir),
+                      "curves": write_curves_table(run_dir)}
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -271,7 +273,7 @@ def _defend(cfg, defense_name, defense_seed, prepared, attacks, stamp, progress)
 def _attack_cell(cfg, cell, defended, prepared, attacks, pool, storage, resume, run_dir, on_trial) -> str:
     """Search one cell, write its trials and its row (the cell is finished once its row exists); its status."""
     from harness.plugins import CellData, desired_rows
-    from harness.results import CellKey, CellRow, TrialRow, write_cell, write_cells_table
+    from harness.results import CellKey, CellRow, CurveRow, TrialRow, write_cell, write_cells_table, write_curves_table
     from harness.search import CellPayload, discard_search, run_cell
 
     rows = prepared.budget_rows[(cell.task, cell.seed)][cell.budget]
@@ -286,12 +288,14 @@ def _attack_cell(cfg, cell, defended, prepared, attacks, pool, storage, resume, 
     features = defended.features(cell, rows) if attack.needs_features() else None
     payload = CellPayload(cfg.model, defended.state, data, features, attack, cfg.search.eval_every,
                           cfg.search.resources_per_trial.cpu)
-    trials, result = run_cell(cfg, cell, payload, pool=pool, storage=storage, resume=resume, on_trial=on_trial)
+    trials, result, curves = run_cell(cfg, cell, payload, pool=pool, storage=storage, resume=resume,
+                                      on_trial=on_trial)
     key = CellKey(cell.defense, cell.attack, cell.task, cell.budget, cell.seed, cell.cell_id, cell.task_role)
     write_cell(run_dir, [TrialRow(key, t, defended.origin, defended.provenance) for t in trials],
-               CellRow(key, result, defended.origin, defended.provenance))
+               CellRow(key, result, defended.origin, defended.provenance), [CurveRow(key, p) for p in curves])
     discard_search(storage, cell)  # recorded: nothing left to resume (a failed cell starts afresh)
     write_cells_table(run_dir)
+    write_curves_table(run_dir)
     return result.status
 
 

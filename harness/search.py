@@ -3,11 +3,19 @@
 The attacker selects hyperparameters on the validation split only; the selected configuration is rerun with fresh
 seeds and scored on the held-out test split, which no search trial evaluates. With `search.asha`, Tune's ASHA
 scheduler stops poor trials on their validation checks, and their workers stop training at once (`WorkerPool.stop`).
+
+Besides the trials, a cell's search records its curves (every trial's validation checks; the reruns' validation and
+test checks) and diagnostics of its own convergence (`search_diagnostics`): the best validation accuracy so far
+against the trial index, which trial gave the best, whether it came in the last quarter of the trials (the search
+was still improving), and whether the selected configuration sits at an edge of the space (a searched range within
+EDGE_FRACTION of a bound). Either means the attacker wanted more search, and the leaderboard says so.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -23,13 +31,16 @@ from ray.tune.search.optuna import OptunaSearch
 
 from harness.config import ExperimentConfig, SearchConfig
 from harness.plan import Cell, max_steps
-from harness.results import CellResult, TrialResult
+from harness.results import CellResult, CurvePoint, TrialResult
 from harness.plugins import Attack
-from harness.space import Fixed, to_tune
-from harness.trial import FINAL, METRIC, config_json, derive_seed, proxy_trial, trial_seed
+from harness.space import Fixed, IntRange, LogUniform, Space, Uniform, to_tune
+from harness.trial import CHECK, FINAL, METRIC, config_json, derive_seed, proxy_trial, trial_seed
 from harness.workers import CellPayload, WorkerPool
 
 log = logging.getLogger(__name__)
+
+EDGE_FRACTION = 0.1  # a selected value this close to a bound (as a fraction of the range) is at the space's edge
+LATE_FRACTION = 0.75  # a best found after this fraction of the trials means the search was still improving
 
 
 # -- driver side ----------------------------------------------------------------------------------------------------
@@ -127,8 +138,9 @@ def run_cell(
     storage: str,
     resume: bool,
     on_trial: Callable[[], None] = lambda: None,
-) -> tuple[list[TrialResult], CellResult]:
-    """Search, rerun and score one cell: its trials' and its own results (the runner adds key, origin, provenance)."""
+) -> tuple[list[TrialResult], CellResult, list[CurvePoint]]:
+    """Search, rerun and score one cell: its trials', its own results and its curves (the runner adds key, origin,
+    provenance)."""
     started = time.perf_counter()
     search = cfg.search
     holder = [ray.put(payload)]
@@ -174,6 +186,7 @@ def run_cell(
     steps_ran = pool.settle()  # trials still training when the search ended stop now
     rows: list[TrialResult] = []
     configs: list[dict[str, Any]] = []
+    curves: list[CurvePoint] = []
     for result in grid:
         metrics = result.metrics or {}
         config = {k: v for k, v in (result.config or {}).items()}
@@ -183,6 +196,8 @@ def run_cell(
         # accuracy is its best check before the cut, its steps those its worker ran; selection never picks it.
         status = "ok" if ok else ("error" if result.error is not None else "stopped")
         configs.append(config)
+        curves += [CurvePoint(trial_id, "search", step, "validation", accuracy)
+                   for step, accuracy in _search_checks(result, ok)]
         rows.append(TrialResult(
             phase="search",
             trial_id=trial_id,
@@ -200,10 +215,12 @@ def run_cell(
     good = [i for i, r in enumerate(rows) if r.status == "ok"]
     counts = {"selection": search.selection, "n_trials": len(rows), "n_failed": sum(r.status == "error" for r in rows)}
     if not good:
-        return rows, CellResult(status="failed", n_reruns=0, wall_seconds=time.perf_counter() - started, **counts)
+        return rows, CellResult(status="failed", n_reruns=0, wall_seconds=time.perf_counter() - started,
+                                **counts), curves
     # Ties go to the earliest trial, so selection does not depend on the order results came back in.
     best_index = max(good, key=lambda i: (rows[i].val_accuracy, -i))
     best = rows[best_index]
+    diagnostics = search_diagnostics(rows, best_index, searched, configs[best_index])
     seeds = [derive_seed(cell.cell_id, "rerun", i) for i in range(search.reruns)]
     # Reruns get the search trials' retries; one that still fails leaves the cell without its test estimate, which
     # is defined over all `reruns` seeds: the cell is failed rather than reported over fewer.
@@ -211,6 +228,10 @@ def run_cell(
     reruns = []
     for i, (seed, outcome) in enumerate(zip(seeds, outcomes)):
         ok = isinstance(outcome, dict)
+        if ok:
+            curves += [CurvePoint(f"rerun-{i}", "rerun", step, split, accuracy)
+                       for split, key in (("validation", "val_curve"), ("test", "test_curve"))
+                       for step, accuracy in outcome.get(key, [])]
         reruns.append(TrialResult(
             phase="rerun",
             trial_id=f"rerun-{i}",
@@ -236,8 +257,83 @@ def run_cell(
         best_val_accuracy=best.val_accuracy,
         test_accuracy=statistics.fmean(tests) if complete else None,
         test_accuracy_std=(statistics.stdev(tests) if len(tests) > 1 else 0.0) if complete else None,
+        **diagnostics,
         **counts,
-    )
+    ), curves
+
+
+# -- search diagnostics: did the attacker's search converge? -------------------------------------------------------
+def best_so_far(values: list[float | None]) -> list[float | None]:
+    """The running best of `values` (None: a trial without a successful result, which keeps the best before it)."""
+    out: list[float | None] = []
+    best: float | None = None
+    for value in values:
+        if value is not None and (best is None or value > best):
+            best = value
+        out.append(best)
+    return out
+
+
+def still_improving(best_index: int, n_trials: int) -> bool:
+    """Whether the selected trial (0-based `best_index` of `n_trials`) came in the last quarter of the trials: its
+    1-based number is above LATE_FRACTION of the count (of 4 trials the 4th, of 50 the 38th to 50th; a single
+    trial is always late: there was no search to converge)."""
+    return best_index + 1 > LATE_FRACTION * n_trials
+
+
+def edge_position(dim: Any, value: Any) -> float | None:
+    """Where `value` sits in a searched range, 0 at its low bound and 1 at its high one: in log space for a
+    log-uniform (or log int) range, linearly for the others. None for a choice, a fixed value or an empty range."""
+    if not isinstance(dim, (LogUniform, Uniform, IntRange)) or dim.high <= dim.low or value is None:
+        return None
+    if isinstance(dim, LogUniform) or (isinstance(dim, IntRange) and dim.log and dim.low > 0):
+        return (math.log(value) - math.log(dim.low)) / (math.log(dim.high) - math.log(dim.low))
+    return (float(value) - dim.low) / (dim.high - dim.low)
+
+
+def search_edges(space: Space, config: dict[str, Any], fraction: float = EDGE_FRACTION) -> list[str]:
+    """The searched numeric dimensions whose selected value lies within `fraction` of a bound, as "name:low" or
+    "name:high", in the space's order. Choices (e.g. batch size) are not ranges and are not checked."""
+    edges = []
+    for name, dim in space.items():
+        position = edge_position(dim, config.get(name))
+        if position is None:
+            continue
+        if position <= fraction:
+            edges.append(f"{name}:low")
+        elif position >= 1 - fraction:
+            edges.append(f"{name}:high")
+    return edges
+
+
+def search_diagnostics(rows: list[TrialResult], best_index: int, space: Space, config: dict[str, Any]) -> dict:
+    """The cell row's `search_*` fields: `rows` are the search trials in the order Tune lists them (the order it
+    created them, except that a trial retried after a failure moves to the end: it ran again there), `best_index`
+    the selected one, `space` the searched dimensions and `config` the selected configuration."""
+    curve = best_so_far([r.val_accuracy if r.status == "ok" else None for r in rows])
+    edges = search_edges(space, config)
+    return {
+        "search_best_so_far": json.dumps(curve),
+        "search_best_trial": best_index,
+        "search_still_improving": still_improving(best_index, len(rows)),
+        "search_at_edge": bool(edges),
+        "search_edges": ",".join(edges),
+    }
+
+
+def _search_checks(result: Any, ok: bool) -> list[tuple[int, float]]:
+    """A search trial's validation checks as (step, accuracy), from the results its proxy reported to Tune (a trial
+    cut short has only these); without any (no `eval_every`), its final result is its one check."""
+    checks: dict[int, float] = {}
+    frame = getattr(result, "metrics_dataframe", None)
+    if frame is not None and CHECK in frame.columns and "step" in frame.columns:
+        for step, accuracy in zip(frame["step"], frame[CHECK]):
+            if accuracy == accuracy and step == step:  # not NaN: an intermediate result
+                checks.setdefault(int(step), float(accuracy))  # Tune's closing result repeats the last one
+    metrics = result.metrics or {}
+    if not checks and ok and metrics.get("steps_run") is not None and metrics.get(METRIC) is not None:
+        checks[int(metrics["steps_run"])] = float(metrics[METRIC])
+    return sorted(checks.items())
 
 
 def search_path(storage: str, cell: Cell) -> str:

@@ -44,7 +44,8 @@ class FitResult:
     val_accuracy: float | None
     best_step: int
     steps_run: int
-    history: list[tuple[int, float]] = field(default_factory=list)
+    history: list[tuple[int, float]] = field(default_factory=list)  # (step, validation accuracy) at each check
+    test_history: list[tuple[int, float]] = field(default_factory=list)  # (step, test accuracy) at the same checks
 
 
 def autocast(device: torch.device):
@@ -109,12 +110,15 @@ def fit(
     features: Features | None = None,
     on_eval: Callable[[int, float], None] | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    test_accuracy: Callable[[], float] | None = None,
 ) -> FitResult:
     """Fine-tune `model` in place on `train[label]` with the shared attack step.
 
     With `eval_every` > 0 and a validation split, accuracy is checked every `eval_every` steps, training stops after
     `patience` checks without improvement, and the best checkpoint's adapted weights are restored. With `features`
     and `adapt="probe"`, the frozen encoder is skipped altogether and only the head trains on the cached features.
+    `history` keeps every check's (step, validation accuracy); with `test_accuracy` (a rerun's scorer: never for a
+    search trial, whose selection must not see test), `test_history` has the test accuracy at the same checks.
     """
     device = model_device(model)
     generator = torch.Generator().manual_seed(seed)
@@ -147,6 +151,7 @@ def fit(
 
     optimizer = torch_optimizer(params, setting)
     history: list[tuple[int, float]] = []
+    test_history: list[tuple[int, float]] = []
     best_acc, best_step, best_weights, stale = -1.0, 0, None, 0
     steps_run = 0
     for step in range(setting.steps):
@@ -165,6 +170,8 @@ def fit(
         if eval_every and val is not None and (steps_run % eval_every == 0 or steps_run == setting.steps):
             acc = val_accuracy()
             history.append((steps_run, acc))
+            if test_accuracy is not None:
+                test_history.append((steps_run, test_accuracy()))
             if on_eval is not None:
                 on_eval(steps_run, acc)
             if acc > best_acc:
@@ -178,8 +185,10 @@ def fit(
         with torch.no_grad():
             for p, q in zip(params, best_weights):
                 p.copy_(q)
-        return FitResult(best_acc, best_step, steps_run, history)
+        return FitResult(best_acc, best_step, steps_run, history, test_history)
     final = val_accuracy() if val is not None else None
     if final is not None:
         history.append((steps_run, final))
-    return FitResult(final, steps_run, steps_run, history)
+        if test_accuracy is not None:
+            test_history.append((steps_run, test_accuracy()))
+    return FitResult(final, steps_run, steps_run, history, test_history)

@@ -5,8 +5,9 @@ seconds per cell on a laptop, so this module imports nothing heavy: the work run
 actors that live for the whole run, keep their imports and cache the cell's payload from the object store. Tune still
 schedules, stops, retries and records every trial; CPUs are reserved by these proxies, GPUs by the workers.
 
-A trial reports every validation check its worker publishes (the best accuracy so far, at that training step), so a
-scheduler such as ASHA can stop it on any of them, then a last result marked `FINAL`. Tune ends a stopped proxy
+A trial reports every validation check its worker publishes (the best accuracy so far, at that training step, and
+the check's own accuracy for the curves table), so a scheduler such as ASHA can stop it on any of them, then a last
+result marked `FINAL`. Tune ends a stopped proxy
 abruptly, so the proxy cannot be trusted to stop or give back its worker: the worker rejoins the queue by itself when
 its trial ends, and the search stops the worker's training (`WorkerPool.stop`, `WorkerPool.settle`).
 """
@@ -23,6 +24,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, ActorUnschedul
 
 METRIC = "val_accuracy"
 FINAL = "final"  # set on a trial's last result only: a trial without it was cut short
+CHECK = "check_accuracy"  # a validation check's accuracy, on the trial's intermediate results only
 # A worker that died, or that can never start (its node is gone): the trial fails and the pool replaces the worker.
 WORKER_LOST = (ActorDiedError, ActorUnavailableError, ActorUnschedulableError)
 
@@ -53,7 +55,8 @@ def proxy_trial(config: dict[str, Any], holder: list, cell_seed: int, workers: A
         for point in worker.evaluations.remote(trial_id):
             step, accuracy, node_id = ray.get(point)
             best = max(best, accuracy)  # fit keeps the best checkpoint: the trial is worth its best check so far
-            tune.report({METRIC: best, "step": step, "trial_seed": seed, "node_id": node_id})
+            # CHECK: this check's own accuracy, for the curves table (METRIC is the best so far, for the scheduler)
+            tune.report({METRIC: best, CHECK: accuracy, "step": step, "trial_seed": seed, "node_id": node_id})
         result = ray.get(done)
     except WORKER_LOST:
         workers.put(replace_worker())  # e.g. killed for memory: the trial fails (and is retried), the pool heals

@@ -1,7 +1,8 @@
 """Persistent attack workers: heavy imports and each cell's payload are loaded once per worker, not once per trial.
 
-Every attack outcome passes through `AttackWorker.run`, so this is where a broken one is stopped: an accuracy that is
-not a number in [0, 1] fails the trial (which Tune then retries) instead of reaching selection or a published mean.
+Every attack outcome passes through `AttackWorker.run`, so this is where a broken one is stopped: an accuracy (its
+result's or one of its curve's checks) that is not a number in [0, 1] fails the trial (which Tune then retries)
+instead of reaching selection or a published mean.
 It is also where `search.fault_injection` makes chosen trials fail, to prove that handling on a real run.
 """
 
@@ -104,9 +105,14 @@ class AttackWorker:
         outcome = payload.attack.run(ctx, config, seed, score_test)
         val = _accuracy(payload.attack.name, "val_accuracy", math.nan if fault == "nan" else outcome.val_accuracy)
         test = _accuracy(payload.attack.name, "test_accuracy", outcome.test_accuracy) if score_test else None
+        name = payload.attack.name
         return {
             "val_accuracy": val,
             "test_accuracy": test,
+            # (step, accuracy) checks, for the curves table; test ones for reruns only
+            "val_curve": [(int(step), _accuracy(name, "a validation check", a)) for step, a in outcome.val_curve],
+            "test_curve": ([(int(step), _accuracy(name, "a test check", a)) for step, a in outcome.test_curve]
+                           if score_test else []),
             "steps_run": outcome.steps_run,
             "best_step": outcome.best_step,
             "seconds": time.perf_counter() - started,

@@ -17,7 +17,7 @@ from harness.configfile import load_config
 from harness.errors import UserError
 from harness.models import build_encoder
 from harness.plugins import CellData
-from harness.results import read_cells, read_trials
+from harness.results import read_cells, read_curves, read_trials
 from harness.plan import validate_plugins
 from harness.search import CellPayload, PlateauStopper
 from harness.training import Features, encode
@@ -108,5 +108,12 @@ def test_asha_search_cuts_trials_short(tmp_path: Path):
     # The steps a stopped trial's worker ran before it stopped, far fewer than the 150+ its configuration asked for.
     assert all(t["steps_run"] is not None and t["steps_run"] < 150 for t in stopped)
     assert all(t["status"] == "ok" for t in search if t not in stopped)
+    # A stopped trial's curve: the validation checks it reported before the cut (it is worth the best of them).
+    curves = read_curves(out).to_pylist()
+    for t in stopped:
+        checks = [(c["step"], c["accuracy"]) for c in curves if c["trial_id"] == t["trial_id"]]
+        assert checks and all(c["split"] == "validation" for c in curves if c["trial_id"] == t["trial_id"])
+        assert all(step % 5 == 0 and step <= t["steps_run"] for step, _ in checks)
+        assert t["val_accuracy"] == pytest.approx(max(a for _, a in checks))
     best = json.loads(cell["best_hyperparameters"])
     assert best in [json.loads(t["hyperparameters"]) for t in search if t["status"] == "ok"]

@@ -1,9 +1,13 @@
 """The published leaderboards, rebuilt from their cells files, against golden copies of the report's output.
 
 The golden copies under tests/golden/ were written by the report code before it was split by pipeline stage, so
-any change to the numbers or to their rendering shows here. Checked: the leaderboard, summary and comparisons
-Parquet tables (schema, metadata and values), the Markdown, the HTML with its embedded plots cut out (PNG bytes
-depend on matplotlib and its fonts), and the terminal table as rich prints it at a fixed width.
+any change to the numbers or to their rendering shows here. Regenerated once since, when compute cost and search
+diagnostics came: every earlier column and value is unchanged; the leaderboard table gained `n_still_improving`,
+`n_at_edge`, `search_edges` and the summary `compute_cost_*` and `search_*` columns, all null for these old cells
+(but `compute_cost_flag`, "no curve"), and the Markdown and HTML summary a "compute cost" column reading "—".
+Checked: the leaderboard, summary and comparisons Parquet tables (schema, metadata and values), the Markdown, the
+HTML with its embedded plots cut out (PNG bytes depend on matplotlib and its fonts), and the terminal table as rich
+prints it at a fixed width.
 
 Regenerate (only when a change to the output is intended): SDM_REGEN_GOLDEN=1 pytest tests/test_report_golden.py
 """

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from harness.results import SCHEMA_VERSION, read_cells, read_trials
+from harness.results import SCHEMA_VERSION, read_cells, read_curves, read_trials
 from tests.conftest import SMOKE, sdm_command
 
 
@@ -55,6 +55,13 @@ def test_run_writes_trials_and_cells(smoke_run):
     meta = pq.read_schema(out / "cells.parquet").metadata
     assert meta[b"sdm_bench_schema_version"] == str(SCHEMA_VERSION).encode()
     assert "cells:" in result.stdout and "leaderboard" in result.stdout
+    # curves: without eval_every, one check per trial at its last step; test checks for reruns only
+    curves = read_curves(out).to_pylist()
+    assert pq.read_table(out / "curves.parquet").num_rows == len(curves) and "curves:" in result.stdout
+    assert {(c["phase"], c["split"]) for c in curves} == {("search", "validation"), ("rerun", "validation"),
+                                                            ("rerun", "test")}
+    assert len([c for c in curves if c["split"] == "test"]) == 2 * len(cells)
+    assert all(c["search_best_trial"] is not None and c["search_still_improving"] is not None for c in cells)
     assert (out / "leaderboard" / "leaderboard.html").stat().st_size > 0
 
 

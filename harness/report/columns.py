@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from harness.config import REFERENCE_DEFENSE
+from harness.report.merge import search_caution_text
 from harness.report.stats import budget_call
 from harness.report.tables import CONTROL_DEFENSE, defense_label
 from harness.results import SCHEMA_VERSION, to_table
@@ -27,7 +28,8 @@ if TYPE_CHECKING:
 BOARD = "board"  # every file format: Markdown, HTML and any registered later
 TERMINAL = "terminal"  # the rich table printed by the CLI
 VERDICT_STYLES = {"blocked": "green", "not blocked": "red", "inconclusive": "yellow", "too few seeds": "yellow",
-                  "blocked, utility lost": "red", "blocked, utility not checked": "yellow"}
+                  "blocked, utility lost": "red", "blocked, utility not checked": "yellow",
+                  "not established (attack budget-limited)": "yellow"}
 
 
 @dataclass(frozen=True)
@@ -112,9 +114,41 @@ def cost_text(r: dict[str, Any], validation: bool = False) -> str:
     return fmt_number(value, 0)
 
 
+def compute_text(r: dict[str, Any]) -> str:
+    """Attacker steps (examples seen) to the threshold at the largest budget: "340 steps (8160 examples)"."""
+    flag, steps, examples = r["compute_cost_flag"], r["compute_cost_steps"], r["compute_cost_examples"]
+    if flag == ">last check":
+        return "not reached"
+    if steps is None:
+        return "—"
+    at_most = "≤ " if flag == "<=first check" else ""
+    seen = "" if examples is None else f" ({at_most}{examples:.0f} examples)"
+    return f"{at_most}{steps:.0f} steps{seen}"
+
+
+def by_budget_text(compute: dict[int, tuple[float | None, float | None, str]]) -> str | None:
+    """"budget:steps" per budget ("budget:>last check" and the like where there is no number), joined by ","; None
+    when no budget has a curve (runs written before curves existed)."""
+    if all(flag in ("no curve", "no threshold") for _, _, flag in compute.values()):
+        return None
+    parts = [f"{b}:{steps:.0f}" if steps is not None and flag != "<=first check" else
+             f"{b}:<={steps:.0f}" if steps is not None else f"{b}:{flag}" for b, (steps, _, flag) in compute.items()]
+    return ",".join(parts) or None
+
+
+def _at_max(f: DefenseFacts) -> tuple[float | None, float | None, str]:
+    return f.compute.get(f.max_budget, (None, None, "no curve"))
+
+
 def _mean(values: Iterable[float]) -> float | None:
     values = list(values)
     return float(np.mean(values)) if values else None
+
+
+def _count(cells: list[dict[str, Any]], column: str) -> int | None:
+    """How many cells have `column` true; None when none of them has the column set."""
+    known = [c.get(column) for c in cells if c.get(column) is not None]
+    return sum(map(bool, known)) if known else None
 
 
 def _of(difference: Any, attribute: str) -> Any:
@@ -158,7 +192,7 @@ SUMMARY_COLUMNS: tuple[Column, ...] = (
            lambda f: ",".join(f"{b}:{budget_call(g, f.block_margin)}" for b, g in f.budget_gaps.items()) or None),
     Column("block_margin", pa.float64(), lambda f: f.block_margin),
     # blocked | blocked, utility lost | blocked, utility not checked | not blocked | inconclusive |
-    # too few seeds | reference | no reference
+    # too few seeds | not established (attack budget-limited) | reference | no reference
     Column("verdict", pa.string(), lambda f: f.verdict, (
         View(BOARD, 10, "verdict", lambda r: r["verdict"]),
         View(TERMINAL, 40, "verdict", lambda r: r["verdict"], justify="left", no_wrap=True,
@@ -202,6 +236,25 @@ SUMMARY_COLUMNS: tuple[Column, ...] = (
         View(BOARD, 80, "with validation rows", lambda r: cost_text(r, validation=True)),
     )),
     Column("n_failed_cells", pa.int64(), lambda f: f.n_failed_cells),
+    # The attacker's compute (from the runs' curves tables): steps, and examples seen (steps x the selected batch
+    # size), until the worst-case mean test curve of the reruns at the largest harmful budget reaches the data-cost
+    # threshold; interpolated between checks.
+    Column("compute_cost_steps", pa.float64(), lambda f: _at_max(f)[0], (
+        View(BOARD, 90, lambda first: f"compute cost to {fmt_number(first.get('data_cost_threshold'), 2)} "
+                                      f"@ {first.get('max_budget')}", compute_text),
+    )),
+    Column("compute_cost_examples", pa.float64(), lambda f: _at_max(f)[1]),
+    # interpolated | <=first check | >last check | no curve (no curves written) | no threshold
+    Column("compute_cost_flag", pa.string(), lambda f: _at_max(f)[2]),
+    Column("compute_cost_by_budget", pa.string(), lambda f: by_budget_text(f.compute)),  # "budget:steps", joined
+    # Did the attacker's searches converge? Over the defense's ok harmful cells at the budgets its verdict compares:
+    # any still improving or at an edge of the space (then "blocked" is not established); null: unknown (cells
+    # written before the diagnostics).
+    Column("search_budget_limited", pa.bool_(), lambda f: f.search_limited),
+    Column("search_still_improving_cells", pa.int64(),
+           lambda f: _count(f.verdict_cells, "search_still_improving")),
+    Column("search_at_edge_cells", pa.int64(), lambda f: _count(f.verdict_cells, "search_at_edge")),
+    Column("search_cautions", pa.string(), lambda f: search_caution_text(f.verdict_cells)),  # which, where
 )
 
 

@@ -1,19 +1,20 @@
-"""Merging runs into one cells table, and the cautions a merged board owes its reader.
+"""Merging runs into one cells table (and their curves), and the cautions a merged board owes its reader.
 
 Runs merge by defense name (or label); what they measured must agree (data, selection, tasks, schema), and each cell
 may come from one run only. What a merge cannot refuse but a reader must know (two trained weights under one name,
-defense weights shared across seeds) becomes a caution shown on the board.
+defense weights shared across seeds, attack searches that had not converged) becomes a caution shown on the board.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
 from harness.errors import UserError
 from harness.report.tables import ROLES
-from harness.results import SCHEMA_VERSION, read_cells
+from harness.results import CURVE_SCHEMA, SCHEMA_VERSION, read_cells, read_curves
 
 SHARED_SEEDING = "shared"
 
@@ -43,6 +44,43 @@ def mixed_weights_cautions(rows: list[dict]) -> tuple[str, ...]:
         for defense, by_fp in weights.items()
         if len(by_fp) > 1
     )
+
+
+def cell_flag(cell: dict[str, Any], column: str) -> bool | None:
+    value = cell.get(column)
+    return None if value is None else bool(value)
+
+
+def search_counts(cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """A group's `n_still_improving`, `n_at_edge` and `search_edges`, over the cells that have the diagnostics."""
+    known = [c for c in cells if cell_flag(c, "search_still_improving") is not None]
+    if not known:
+        return {"n_still_improving": None, "n_at_edge": None, "search_edges": None}
+    edges = sorted({e for c in known for e in (c.get("search_edges") or "").split(",") if e})
+    return {"n_still_improving": sum(bool(cell_flag(c, "search_still_improving")) for c in known),
+            "n_at_edge": sum(bool(cell_flag(c, "search_at_edge")) for c in known), "search_edges": ",".join(edges)}
+
+
+def limited_cells(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The cells whose search was still improving or selected a configuration at an edge of the space."""
+    return [c for c in cells if cell_flag(c, "search_still_improving") or cell_flag(c, "search_at_edge")]
+
+
+def search_caution_text(cells: list[dict[str, Any]]) -> str | None:
+    """What was budget-limited among a defense's harmful cells, by attack and budget with their seeds:
+    "still improving: finetune@200 (seeds 0,2); at an edge: finetune@20 (seed 1: lr:high)"; None when nothing."""
+    def where(chosen: list[dict[str, Any]], edges: bool) -> str:
+        parts: dict[tuple, list[str]] = {}
+        for c in sorted(chosen, key=lambda c: (c["attack"], c["budget"], c["seed"])):
+            seed = str(c["seed"]) + (f": {c.get('search_edges')}" if edges else "")
+            parts.setdefault((c["attack"], c["budget"]), []).append(seed)
+        return ", ".join(f"{a}@{b} (seed{'s' if len(v) > 1 else ''} {'; '.join(v)})" for (a, b), v in parts.items())
+
+    late = [c for c in cells if cell_flag(c, "search_still_improving")]
+    edge = [c for c in cells if cell_flag(c, "search_at_edge")]
+    texts = ([f"still improving: {where(late, False)}"] if late else []) + (
+        [f"at an edge of the space: {where(edge, True)}"] if edge else [])
+    return "; ".join(texts) or None
 
 
 # -- merging runs -------------------------------------------------------------------------------------------------
@@ -92,3 +130,22 @@ def merge_runs(run_dirs: list[Path]) -> tuple[pa.Table, tuple[str, ...]]:
             owners[key] = run
         tables.append(cells)
     return pa.concat_tables(tables), tuple(Path(r).resolve().name for r in run_dirs)
+
+
+def merge_curves(run_dirs: list[Path], cells: pa.Table) -> pa.Table:
+    """The curves of all runs (CURVE_SCHEMA) for the merged cells: a run's per-cell curve files, or its run-level
+    curves.parquet when it has only that (a published folder); empty for runs written before curves existed."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from harness.results import conform
+
+    tables = []
+    for run in map(Path, run_dirs):
+        curves = read_curves(run)
+        if curves.num_rows == 0 and (run / "curves.parquet").is_file():
+            curves = conform(pq.read_table(run / "curves.parquet"), CURVE_SCHEMA)
+        tables.append(curves)
+    merged = pa.concat_tables(tables) if tables else CURVE_SCHEMA.empty_table()
+    # Only the curves of cells the board holds: a cell failed since, or a cell another run owns, is not theirs.
+    return merged.filter(pc.is_in(merged["cell_id"], value_set=cells["cell_id"])) if merged.num_rows else merged

@@ -1,7 +1,8 @@
 """Publishing: merge runs, aggregate them and write every file of the leaderboard, each atomically.
 
-The Parquet tables (leaderboard, summary, comparisons), one file per registered output format
-(`harness.report.render.FORMATS`: leaderboard.md, leaderboard.html, ...) and a PNG per task role attacked.
+The Parquet tables (leaderboard, summary, comparisons, curves), one file per registered output format
+(`harness.report.render.FORMATS`: leaderboard.md, leaderboard.html, ...), a PNG per task role attacked and, when the
+runs wrote curves, harmful-steps.png (harmful accuracy against attacker steps, per budget).
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from harness.atomic import write_file_atomic, write_text_atomic
 from harness.errors import UserError
 from harness.report import render
 from harness.report.aggregate import aggregate
-from harness.report.merge import merge_runs
-from harness.report.render.plots import plot_role
+from harness.report.merge import merge_curves, merge_runs
+from harness.report.render.plots import plot_compute, plot_role
 from harness.report.stats import BLOCK_MARGIN, UTILITY_MARGIN
-from harness.report.tables import ROLES, LeaderboardFiles
+from harness.report.tables import COMPUTE_PLOT, ROLES, LeaderboardFiles
 from harness.results import write_table
 
 
@@ -40,22 +41,23 @@ def build_leaderboard(
     block_margin: float = BLOCK_MARGIN,
     utility_margin: float = UTILITY_MARGIN,
 ) -> LeaderboardFiles:
-    """Merge runs and write leaderboard.parquet, summary.parquet, comparisons.parquet, a file per output format
-    (leaderboard.md, leaderboard.html) and the plots. `threshold` None: relative to the reference curves."""
+    """Merge runs and write leaderboard.parquet, summary.parquet, comparisons.parquet, curves.parquet, a file per
+    output format (leaderboard.md, leaderboard.html) and the plots. `threshold` None: relative to the reference curves."""
     check_options(threshold, block_margin, utility_margin)
     run_dirs = [Path(r) for r in run_dirs]
     out = Path(out) if out is not None else default_out(run_dirs)
     cells, runs = merge_runs(run_dirs)
-    tables = replace(aggregate(cells, threshold=threshold, block_margin=block_margin, utility_margin=utility_margin),
-                     runs=runs)
+    curves = merge_curves(run_dirs, cells)
+    tables = replace(aggregate(cells, curves=curves, threshold=threshold, block_margin=block_margin,
+                               utility_margin=utility_margin), runs=runs)
     if out.exists() and not out.is_dir():
         raise UserError(f"output '{out}': exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
     plots: dict[str, Path] = {}
     images: dict[str, bytes] = {}
-    for role in ROLES:
+    for role, draw in [*((r, lambda t, r=r: plot_role(t, r)) for r in ROLES), (COMPUTE_PLOT, plot_compute)]:
         path = out / f"{role}.png"
-        png = plot_role(tables, role)
+        png = draw(tables)
         if png is None:
             path.unlink(missing_ok=True)  # a plot left by an earlier build would not match these tables
             continue
@@ -66,6 +68,7 @@ def build_leaderboard(
         leaderboard=write_table(out / "leaderboard.parquet", tables.leaderboard),
         summary=write_table(out / "summary.parquet", tables.summary),
         comparisons=write_table(out / "comparisons.parquet", tables.comparisons),
+        curves=write_table(out / "curves.parquet", tables.curves),
         documents={name: write_text_atomic(out / fmt.filename, fmt.render(tables, images))
                    for name, fmt in render.FORMATS.items()},
         plots=plots,

@@ -19,6 +19,7 @@ CONTROL_DEFENSE = "bert"  # trained like the censoring defenses with the censori
 BASELINES = (REFERENCE_DEFENSE, CONTROL_DEFENSE)  # listed first, in this order; other defenses follow alphabetically
 WORST_CASE = "worst-case"
 ROLES = ("harmful", "desired")
+COMPUTE_PLOT = "harmful-steps"  # the plot of harmful accuracy against attacker steps, per budget
 PROVENANCE_SUMMARY = ("package_version", "git_commit", "model_id", "data_fingerprint", "config_hash", "selection")
 
 LEADERBOARD_SCHEMA = pa.schema(
@@ -44,6 +45,27 @@ LEADERBOARD_SCHEMA = pa.schema(
         pa.field("bootstrap_ci95_low", pa.float64()),  # percentile bootstrap; null below BOOTSTRAP_MIN_SEEDS seeds
         pa.field("bootstrap_ci95_high", pa.float64()),
         *[pa.field(name, pa.string()) for name in PROVENANCE_SUMMARY],  # distinct values, sorted, joined by ","
+        # The attack searches of the group's ok cells (the worst case: of every attack): how many were still
+        # improving, how many selected a configuration at an edge of the space, and which edges ("name:low|high",
+        # distinct, joined by ","). Null when no cell of the group says (cells written before the diagnostics).
+        pa.field("n_still_improving", pa.int64()),
+        pa.field("n_at_edge", pa.int64()),
+        pa.field("search_edges", pa.string()),
+    ]
+)
+
+# The attacker's compute curves: per group of the worst case, the mean over seeds of the reruns' test accuracy at each
+# attacker step (each seed's curve is the mean over its reruns). Empty when the runs wrote no curves.
+CURVES_SCHEMA = pa.schema(
+    [
+        pa.field("schema_version", pa.int32()),
+        pa.field("defense", pa.string()),
+        pa.field("task", pa.string()),
+        pa.field("task_role", pa.string()),
+        pa.field("budget", pa.int64()),
+        pa.field("step", pa.int64()),  # attacker training steps
+        pa.field("n_seeds", pa.int64()),
+        pa.field("test_accuracy_mean", pa.float64()),
     ]
 )
 
@@ -71,6 +93,7 @@ class LeaderboardTables:
     runs: tuple[str, ...] = ()
     provenance: dict[str, str] = field(default_factory=dict)
     cautions: tuple[str, ...] = ()  # what a reader must know before trusting a row, e.g. mixed defense weights
+    curves: pa.Table | None = None  # CURVES_SCHEMA: the worst case's compute curves
 
 
 @dataclass(frozen=True)
@@ -80,8 +103,9 @@ class LeaderboardFiles:
     summary: Path
     comparisons: Path
     documents: dict[str, Path]  # output format -> file, in registration order ("markdown", "html", ...)
-    plots: dict[str, Path]  # task role -> PNG
+    plots: dict[str, Path]  # task role (or COMPUTE_PLOT) -> PNG
     cautions: tuple[str, ...] = ()
+    curves: Path | None = None  # curves.parquet (CURVES_SCHEMA)
 
     @property
     def markdown(self) -> Path:
@@ -93,10 +117,12 @@ class LeaderboardFiles:
 
     def read(self) -> LeaderboardTables:
         return LeaderboardTables(pq.read_table(self.leaderboard), pq.read_table(self.summary),
-                                 pq.read_table(self.comparisons), cautions=self.cautions)
+                                 pq.read_table(self.comparisons), cautions=self.cautions,
+                                 curves=pq.read_table(self.curves) if self.curves is not None else None)
 
     def paths(self) -> dict[str, Path]:
         return {"leaderboard": self.leaderboard, "summary": self.summary, "comparisons": self.comparisons,
+                **({"compute curves": self.curves} if self.curves is not None else {}),
                 **self.documents, **{f"plot ({role})": path for role, path in self.plots.items()}}
 
 

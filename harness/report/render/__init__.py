@@ -11,7 +11,7 @@ from __future__ import annotations
 from harness.report.render import html, markdown
 from harness.report.render.html import render_html
 from harness.report.render.markdown import render_markdown
-from harness.report.render.plots import defense_colors, plot_role
+from harness.report.render.plots import defense_colors, plot_compute, plot_role
 from harness.report.render.sections import OutputFormat
 from harness.report.render.terminal import render_terminal
 
@@ -20,8 +20,8 @@ FORMATS: dict[str, OutputFormat] = {
     html.FORMAT.name: html.FORMAT,
 }
 
-__all__ = ["FORMATS", "OutputFormat", "defense_colors", "plot_role", "register_format", "render_html",
-           "render_markdown", "render_terminal", "unregister_format"]
+__all__ = ["FORMATS", "OutputFormat", "defense_colors", "plot_compute", "plot_role", "register_format",
+           "render_html", "render_markdown", "render_terminal", "unregister_format"]
 
 
 def register_format(fmt: OutputFormat) -> OutputFormat:

@@ -6,7 +6,9 @@ import base64
 import html
 
 from harness.report.render.sections import INTRO, OutputFormat, Section, sections
-from harness.report.tables import LeaderboardTables
+from harness.report.tables import COMPUTE_PLOT, LeaderboardTables
+
+ALT = {COMPUTE_PLOT: "harmful task: test accuracy vs attacker steps, per budget"}
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 70rem;
@@ -34,7 +36,7 @@ def html_table(section: Section) -> str:
 def render_html(tables: LeaderboardTables, plots: dict[str, bytes]) -> str:
     e = html.escape
     figures = "".join(
-        f'<figure><img alt="{e(role)} task: test accuracy vs data budget" '
+        f'<figure><img alt="{e(ALT.get(role, f"{role} task: test accuracy vs data budget"))}" '
         f'src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}"></figure>'
         for role, png in plots.items()
     )

@@ -1,4 +1,5 @@
-"""The leaderboard's plots: worst-case test accuracy against the data budget, one PNG per task role."""
+"""The leaderboard's plots: worst-case test accuracy against the data budget, one PNG per task role, and the
+harmful task's compute curves (against attacker steps, per budget)."""
 
 from __future__ import annotations
 
@@ -82,6 +83,50 @@ def plot_role(tables: LeaderboardTables, role: str, threshold: float | None = No
     ax.grid(True, alpha=0.3, linewidth=0.6)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def plot_compute(tables: LeaderboardTables, threshold: float | None = None) -> bytes | None:
+    """PNG of the harmful task's compute curves: worst-case test accuracy against attacker steps, one panel per
+    budget, mean over seeds of the reruns' curves (`tables.curves`). None when the runs wrote no curves."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = [r for r in (tables.curves.to_pylist() if tables.curves is not None else []) if r["task_role"] == "harmful"]
+    if not rows:
+        return None
+    if threshold is None and tables.summary.num_rows:
+        threshold = tables.summary.column("data_cost_threshold")[0].as_py()
+    labels = board_labels(tables)
+    budgets = sorted({r["budget"] for r in rows})
+    fig = Figure(figsize=(3.4 * len(budgets) + 1.8, 3.6), dpi=150, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(budgets), sharey=True, squeeze=False)[0]
+    colors = defense_colors(r["defense"] for r in rows)
+    for ax, budget in zip(axes, budgets):
+        for defense, color in colors.items():
+            points = sorted((r["step"], r["test_accuracy_mean"]) for r in rows
+                            if r["defense"] == defense and r["budget"] == budget)
+            if not points:
+                continue
+            x, y = zip(*points)
+            ax.plot(x, y, color=color, linewidth=1.6, marker="o", markersize=2.5,
+                    linestyle="--" if defense == REFERENCE_DEFENSE else "-",
+                    label=labels.get(defense, defense) if budget == budgets[0] else None)
+        if threshold is not None:
+            ax.axhline(threshold, color="black", linestyle=":", linewidth=1,
+                       label=f"data-cost threshold {threshold:.2f}" if budget == budgets[0] else None)
+        ax.set_title(f"budget {budget}", fontsize=9)
+        ax.set_xlabel("attacker steps")
+        ax.grid(True, alpha=0.3, linewidth=0.6)
+        for side in ("top", "right"):
+            ax.spines[side].set_visible(False)
+    axes[0].set_ylabel("test accuracy")
+    fig.suptitle(f"Harmful task ({rows[0]['task']}): attacker's validation-best attack, mean over seeds of its "
+                 "reruns", fontsize=10)
+    fig.legend(frameon=False, fontsize=8, loc="outside right center")
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()
