@@ -132,7 +132,9 @@ def make_trainer(name: str, ctx: DefenseContext, k: int, second_order_k: int):
     return trainer
 
 
-def defense_times(cfg: ModelConfig, names: list[str], k: int, second_order_k: int, steps: int) -> dict[str, dict]:
+def defense_times(
+    cfg: ModelConfig, names: list[str], k: int, second_order_k: int, steps: int, warmup: int
+) -> dict[str, dict]:
     train = random_split(400, cfg.max_length, 2, {"gender": 2, "profession": 28})
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -140,11 +142,11 @@ def defense_times(cfg: ModelConfig, names: list[str], k: int, second_order_k: in
             trainers = {p: make_trainer(name, defense_context(cfg, p, train, Path(tmp)), k, second_order_k)
                         for p in PRECISIONS}
             total = {p: 0.0 for p in PRECISIONS}
-            for step in range(steps + 1):  # step 0 warms up; both precisions draw the same attackers at each step
+            for step in range(warmup + steps):  # both precisions draw the same attackers at each step
                 for p in PRECISIONS if step % 2 == 0 else PRECISIONS[::-1]:
                     start = time.perf_counter()
                     trainers[p].step()
-                    if step:
+                    if step >= warmup:
                         total[p] += time.perf_counter() - start
             out[name] = {p: total[p] / steps for p in PRECISIONS}
             print(f"  {name}: fp32 {out[name]['fp32']:.2f}s bf16 {out[name]['bf16']:.2f}s", file=sys.stderr)
@@ -176,7 +178,7 @@ def meta_gradient(cfg: ModelConfig, precision: str, k: int, first_order: bool):
     grads = torch.autograd.grad(out.total, params, allow_unused=True, materialize_grads=True, retain_graph=True)
     (lr_grad,) = torch.autograd.grad(out.attack, [log_lr])
     flat = torch.cat([g.flatten() for g in grads])
-    return float(out.total), float(out.attack), flat, float(lr_grad)
+    return float(out.total.detach()), float(out.attack.detach()), flat, float(lr_grad)
 
 
 def second_order_sanity(cfg: ModelConfig, k: int) -> list[dict]:
@@ -207,7 +209,9 @@ def second_order_training(cfg: ModelConfig, k: int, steps: int) -> dict[str, lis
 
 
 # -- (e) parity -------------------------------------------------------------------------------------------------------
-def parity(cfg: ModelConfig, seeds: list[int], budgets: list[int], full_steps: int, eval_rows: int) -> list[dict]:
+def parity(
+    cfg: ModelConfig, seeds: list[int], budgets: list[int], full_steps: int, eval_rows: int, modes: list[str]
+) -> list[dict]:
     from harness.configfile import load_config
     from harness.data.prepare import prepare_data
 
@@ -226,7 +230,7 @@ def parity(cfg: ModelConfig, seeds: list[int], budgets: list[int], full_steps: i
                        encode(model, prepared.test))
     label, results = "gender", []
     for budget in budgets:
-        for mode in ("probe", "full"):
+        for mode in modes:
             acc: dict[str, list[float]] = {p: [] for p in PRECISIONS}
             for seed in seeds:
                 rows = prepared.budget_rows[(label, seed)][budget]
@@ -269,6 +273,8 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=16, help="first-order mlac's inner steps")
     ap.add_argument("--second-order-k", type=int, default=2)
     ap.add_argument("--defense-steps", type=int, default=2, help="(c): outer steps measured per defense")
+    ap.add_argument("--defense-warmup", type=int, default=1, help="(c): outer steps run first, not measured")
+    ap.add_argument("--parity-modes", nargs="+", default=["probe", "full"], choices=["probe", "full"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--budgets", type=int, nargs="+", default=[20, 100])
     ap.add_argument("--full-steps", type=int, default=40, help="(e): full fine-tuning steps per attack")
@@ -293,7 +299,8 @@ def main() -> None:
         r = encode_times(cfg, args.encode_rows, args.rounds)
         rows.append((f"probe features: encode {args.encode_rows} rows x {args.max_length}", r["fp32"], r["bf16"]))
     if "defenses" not in args.skip:
-        for name, r in defense_times(cfg, defenses, args.k, args.second_order_k, args.defense_steps).items():
+        for name, r in defense_times(cfg, defenses, args.k, args.second_order_k, args.defense_steps,
+                                       args.defense_warmup).items():
             rows.append((f"defense outer step: {name}", r["fp32"], r["bf16"]))
     print(f"| step ({max(args.threads)} threads unless said) | fp32 (s) | bf16 (s) | fp32 / bf16 |")
     print("|---|---:|---:|---:|")
@@ -315,7 +322,8 @@ def main() -> None:
               f"probe: 300 steps on frozen features; full: {args.full_steps} steps, lr 5e-5, batch 16):\n")
         print("| budget | attack | fp32 mean +- CI | bf16 mean +- CI | bf16 - fp32 (paired) +- CI |")
         print("|---:|---|---:|---:|---:|")
-        for r in parity(cfg, args.seeds, args.budgets, args.full_steps, args.eval_rows):
+        for r in parity(cfg, args.seeds, args.budgets, args.full_steps, args.eval_rows,
+                                args.parity_modes):
             cells = [f"{statistics.mean(r[p]):.3f} +- {ci95(r[p]):.3f}" for p in PRECISIONS]
             print(f"| {r['budget']} | {r['mode']} | {cells[0]} | {cells[1]} | "
                   f"{statistics.mean(r['diff']):+.3f} +- {ci95(r['diff']):.3f} |")

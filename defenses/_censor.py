@@ -85,7 +85,7 @@ from harness.censoring import (
 from harness.classifier import Classifier
 from harness.plugins import DefenseContext
 from harness.resumable import CheckpointedTrainer, Part, train_resumable
-from harness.training import autocast
+from harness.training import autocast, upcast
 
 Censor = Literal["entropy", "neg_ce", "probe"]
 HeadMode = Literal["reset", "learned"]
@@ -182,11 +182,11 @@ def meta_loss(
     def forward(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         with autocast(device, precision):
             features, logits = functional_forward(harm, params, batch, ids_of(batch))
-        return features.float(), logits.float()
+        return upcast(features), upcast(logits)
 
     with autocast(device, precision):
         desired_logits = model(desired.input_ids, desired.attention_mask)
-    desired_loss = F.cross_entropy(desired_logits.float(), desired.labels)
+    desired_loss = F.cross_entropy(upcast(desired_logits), desired.labels)
 
     params: dict[str, torch.Tensor] = {n: t for n, t in harm.named_parameters() if not n.startswith("head.")}
     params.update({n: t.detach().requires_grad_(True) for n, t in head_init.items()})
@@ -232,8 +232,10 @@ def meta_loss(
 
 
 # -- training ---------------------------------------------------------------------------------------------------------
-# What second-order MLAC (K > 0, not first-order) runs at when the config resolves to bf16 (see docs/benchmarks.md,
-# "Mixed precision"): MEASURED_BELOW
+# What second-order MLAC (K > 0, not first-order) runs at when the config resolves to bf16. Measured (docs/benchmarks.md,
+# "Mixed precision"; MiniLM-L6, max_length 64, K=2): the bf16 meta-gradient is finite, cosine 0.977 to fp32's (norm
+# ratio 1.02), d/d log lr 0.00779 vs 0.0080, and 3 training steps' harmful losses agree to 1e-3, at 5.3x the speed:
+# bf16. Set "fp32" here to keep double backward in float32 if a longer run shows it drifting.
 SECOND_ORDER_PRECISION = "bf16"
 
 

@@ -46,6 +46,7 @@ from harness.classifier import mean_pool
 from harness.plugins import Defense, DefenseContext
 from harness.registry import register_defense
 from harness.resumable import CheckpointedTrainer, Part, train_resumable
+from harness.training import upcast
 
 KERNEL_SCALES = (0.25, 1.0, 4.0)  # bandwidths, relative to the representations' mean squared norm
 
@@ -112,7 +113,7 @@ class RepNoiseTrainer(CheckpointedTrainer):
         with self.ctx.autocast():
             out = self.model.encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
         hidden = out.hidden_states[1:] if self.p.layers == "all" else out.hidden_states[-1:]
-        hidden = [h.float() for h in hidden]
+        hidden = [upcast(h) for h in hidden]
         if self.model.pooling == "mean":
             return [mean_pool(h, attention_mask) for h in hidden]
         return [h[:, 0] for h in hidden]

@@ -56,7 +56,7 @@ from harness.classifier import Classifier
 from harness.plugins import Defense, DefenseContext
 from harness.registry import register_defense
 from harness.resumable import CheckpointedTrainer, Part, train_resumable
-from harness.training import autocast, model_precision
+from harness.training import autocast, model_precision, upcast
 
 Suppression = Literal["kl_uniform", "inverse_ce"]
 
@@ -102,11 +102,11 @@ def attack_step(
     if setting.adapt == "probe":  # only the head adapts: no graph through the encoder
         with torch.no_grad(), region:
             features = attacker.features(batch.input_ids, batch.attention_mask)
-        logits = attacker.head(features.float())
+        logits = attacker.head(upcast(features))
     else:
         with region:
             logits = attacker(batch.input_ids, batch.attention_mask)
-    loss = F.cross_entropy(logits.float(), batch.labels)
+    loss = F.cross_entropy(upcast(logits), batch.labels)
     grads = clip_by_global_norm(torch.autograd.grad(loss, adapted), clip)
     with torch.no_grad():
         new, state = optimizer_update(adapted, grads, state, setting, setting.lr)
@@ -161,7 +161,7 @@ class SophonTrainer(CheckpointedTrainer):
         for k in range(p.inner_steps + 1):
             if features is None or not frozen:
                 with ctx.autocast():
-                    features = attacker.features(held_out.input_ids, held_out.attention_mask).float()
+                    features = upcast(attacker.features(held_out.input_ids, held_out.attention_mask))
             logits = attacker.head(features)
             loss = suppression_loss(p.suppression, logits, held_out.labels)
             # First-order MAML: the gradient at the adapted encoder stands in for the gradient through the steps.
@@ -206,7 +206,7 @@ class SophonTrainer(CheckpointedTrainer):
                            ctx.device)
         with ctx.autocast():
             logits = self.model(batch.input_ids, batch.attention_mask)
-        loss = F.cross_entropy(logits.float(), batch.labels)
+        loss = F.cross_entropy(upcast(logits), batch.labels)
         self.desired_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), p.grad_clip)

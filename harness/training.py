@@ -107,6 +107,11 @@ def autocast(device: torch.device, precision: Resolved | str = "fp32"):
     return contextlib.nullcontext()
 
 
+def upcast(t: torch.Tensor) -> torch.Tensor:
+    """An autocast region's output in float32 for the losses (float32 and float64 tensors pass through as they are)."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
 def model_precision(model: torch.nn.Module) -> Resolved:
     """The precision a model was built to run at (`Classifier.precision`; fp32 for anything else)."""
     return getattr(model, "precision", "fp32")
