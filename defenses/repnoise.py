@@ -28,6 +28,8 @@ What was adapted or approximated, and why:
   (a confidently wrong head is read as well as a right one), and on the tests' tiny task ascent alone raised a
   probe's harmful accuracy instead of lowering it (measurements in docs/defenses.md).
 - No dropout (eval mode), so a run is deterministic for its seed and resumes bit for bit from a checkpoint.
+- At bf16 (`DefenseContext.precision`) the encoder's forward pass runs under bf16 autocast; the pooled
+  representations, the MMD and every loss are computed in float32, and the weights and Adam stay float32.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from harness.classifier import mean_pool
 from harness.plugins import Defense, DefenseContext
 from harness.registry import register_defense
 from harness.resumable import CheckpointedTrainer, Part, train_resumable
+from harness.training import upcast
 
 KERNEL_SCALES = (0.25, 1.0, 4.0)  # bandwidths, relative to the representations' mean squared norm
 
@@ -106,9 +109,11 @@ class RepNoiseTrainer(CheckpointedTrainer):
         self.step_count = 0
 
     def pooled_layers(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
-        """Pooled representations of every layer's output (the last one is the classifier's features)."""
-        out = self.model.encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        """Pooled representations of every layer's output (the last one is the classifier's features), float32."""
+        with self.ctx.autocast():
+            out = self.model.encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
         hidden = out.hidden_states[1:] if self.p.layers == "all" else out.hidden_states[-1:]
+        hidden = [upcast(h) for h in hidden]
         if self.model.pooling == "mean":
             return [mean_pool(h, attention_mask) for h in hidden]
         return [h[:, 0] for h in hidden]

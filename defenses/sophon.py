@@ -28,6 +28,8 @@ What was adapted or approximated:
 - The simulated attackers must be about as strong as the evaluation's: weak ones (few steps, small learning rates)
   end near uniform whatever the encoder does, and suppress nothing (measurements in docs/defenses.md).
 - No dropout (eval mode), so a run is deterministic for its seed and resumes bit for bit from a checkpoint.
+- At bf16 (`DefenseContext.precision`) every forward pass runs under bf16 autocast, each in its own region (the
+  attacker's in-place updates happen outside them); losses, gradients, weights and both Adams stay float32.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from harness.classifier import Classifier
 from harness.plugins import Defense, DefenseContext
 from harness.registry import register_defense
 from harness.resumable import CheckpointedTrainer, Part, train_resumable
+from harness.training import autocast, model_precision, upcast
 
 Suppression = Literal["kl_uniform", "inverse_ce"]
 
@@ -93,14 +96,17 @@ def attack_step(
     setting: AttackSetting,
     clip: float,
 ) -> OptimizerState:
-    """One step of a simulated attacker, in place: the shared attack step with a clipped gradient."""
+    """One step of a simulated attacker, in place: the shared attack step with a clipped gradient (forward passes at
+    the attacker's precision)."""
+    region = autocast(batch.input_ids.device, model_precision(attacker))
     if setting.adapt == "probe":  # only the head adapts: no graph through the encoder
-        with torch.no_grad():
+        with torch.no_grad(), region:
             features = attacker.features(batch.input_ids, batch.attention_mask)
-        logits = attacker.head(features)
+        logits = attacker.head(upcast(features))
     else:
-        logits = attacker(batch.input_ids, batch.attention_mask)
-    loss = F.cross_entropy(logits, batch.labels)
+        with region:
+            logits = attacker(batch.input_ids, batch.attention_mask)
+    loss = F.cross_entropy(upcast(logits), batch.labels)
     grads = clip_by_global_norm(torch.autograd.grad(loss, adapted), clip)
     with torch.no_grad():
         new, state = optimizer_update(adapted, grads, state, setting, setting.lr)
@@ -154,7 +160,8 @@ class SophonTrainer(CheckpointedTrainer):
         features, feature_grad, losses = None, None, []
         for k in range(p.inner_steps + 1):
             if features is None or not frozen:
-                features = attacker.features(held_out.input_ids, held_out.attention_mask)
+                with ctx.autocast():
+                    features = upcast(attacker.features(held_out.input_ids, held_out.attention_mask))
             logits = attacker.head(features)
             loss = suppression_loss(p.suppression, logits, held_out.labels)
             # First-order MAML: the gradient at the adapted encoder stands in for the gradient through the steps.
@@ -197,7 +204,9 @@ class SophonTrainer(CheckpointedTrainer):
         p, ctx = self.p, self.ctx
         batch = make_batch(ctx.train, sample_batch(len(ctx.train), p.batch_size, self.generator), ctx.desired,
                            ctx.device)
-        loss = F.cross_entropy(self.model(batch.input_ids, batch.attention_mask), batch.labels)
+        with ctx.autocast():
+            logits = self.model(batch.input_ids, batch.attention_mask)
+        loss = F.cross_entropy(upcast(logits), batch.labels)
         self.desired_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), p.grad_clip)

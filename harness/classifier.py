@@ -12,10 +12,14 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
 
 
 class Classifier(nn.Module):
-    def __init__(self, encoder: nn.Module, num_labels: int, pooling: str = "mean"):
+    """`precision` is the resolved precision its forward passes run at in the harness's training and evaluation loops
+    ("bf16": under bf16 autocast, weights kept float32; see `harness.training.resolve_precision`)."""
+
+    def __init__(self, encoder: nn.Module, num_labels: int, pooling: str = "mean", precision: str = "fp32"):
         super().__init__()
         self.encoder = encoder
         self.pooling = pooling
+        self.precision = precision
         self.head = nn.Linear(int(encoder.config.hidden_size), num_labels)
 
     def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

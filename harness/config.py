@@ -50,6 +50,21 @@ class ModelConfig(Strict):
     max_length: int = Field(128, gt=1, le=512)
     pooling: Literal["mean", "cls"] = "mean"
     tiny: TinyBert = TinyBert()
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto",
+        description="forward passes of attack trials, frozen features and defense training: bf16 autocast (float32 "
+        "weights, gradients and optimizer) or fp32; auto: bf16 where the device computes bf16 natively (CPU with "
+        "AVX512-BF16/AMX, CUDA with bf16), resolved on each worker; rows record the resolved precision",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_auto_precision(self, handler: Any) -> dict[str, Any]:
+        # `auto` (the default) is left out, like the device it resolves on: configs written before the field existed
+        # keep their hash (a run continues), and the weights-cache keys of float32 trainings stay as they were.
+        data = handler(self)
+        if data.get("precision") == "auto":
+            del data["precision"]
+        return data
 
 
 class SplitFiles(Strict):

@@ -28,6 +28,7 @@ from harness.models import base_fingerprint, model_id, state_fingerprint
 from harness.plugins import Checkpointer, Defense, DefenseContext
 from harness.registry import DEFENSES
 from harness.tokenized import TokenizedSplit
+from harness.training import resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +59,22 @@ def make_defense(spec: DefenseSpec, origin: str) -> Defense:
     return DEFENSES.get(spec.name).from_params(spec.params, origin)
 
 
-def defense_key(cfg: ExperimentConfig, spec: DefenseSpec, data_fingerprint: str, seed: int) -> str:
+def training_device() -> torch.device:
+    """The device a defense trains on here."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def defense_key(
+    cfg: ExperimentConfig, spec: DefenseSpec, data_fingerprint: str, seed: int, device: torch.device | None = None
+) -> str:
+    """The weights-cache key. The precision the training resolves to on `device` (default: this machine's) enters it
+    only when it is not fp32, so float32 trainings keep the keys (and cached weights) they had before it existed."""
     defense = make_defense(spec, "config")
+    precision = resolve_precision(cfg.model.precision, device or training_device())
     payload = {
         "defense": spec.name,
         "params": defense.params.model_dump(mode="json"),
-        "model": cfg.model.model_dump(mode="json"),
+        "model": cfg.model.model_dump(mode="json", exclude={"precision"}),
         "base": base_fingerprint(cfg.model),
         "data": data_fingerprint,
         "tasks": [cfg.tasks.harmful, cfg.tasks.desired],
@@ -71,6 +82,8 @@ def defense_key(cfg: ExperimentConfig, spec: DefenseSpec, data_fingerprint: str,
     }
     if defense.training_revision():
         payload["revision"] = defense.training_revision()
+    if precision != "fp32":
+        payload["precision"] = precision
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -133,7 +146,8 @@ def train_defense(
     `cache`: the cache root the driver resolved; a Ray task on another node (or started with another environment)
     must not pick its own.
     """
-    key = defense_key(cfg, spec, data_fingerprint, seed)
+    device = training_device()
+    key = defense_key(cfg, spec, data_fingerprint, seed, device)
     root = (cache or cache_root(cfg)) / "defenses"
     final = root / f"{spec.name}-{key}"
     root.mkdir(parents=True, exist_ok=True)
@@ -143,7 +157,6 @@ def train_defense(
             return DefendedWeights(spec.name, final / WEIGHTS_FILE, meta["weights_fingerprint"], True, 0.0)
         defense = make_defense(spec, "config")
         work = root / ".work" / f"{spec.name}-{key}"
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         progress = _Progress(spec.name, defense.total_steps())
         checkpointer = FileCheckpointer(work, cfg.defense_training.checkpoint_every)
         ctx = DefenseContext(
@@ -177,6 +190,7 @@ def train_defense(
             "train_seconds": round(seconds, 3),
             "resumed_from_step": checkpointer.resumed_from,  # set when an interrupted training was continued
             "device": str(device),
+            "precision": ctx.precision,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
 

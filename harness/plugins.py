@@ -20,7 +20,7 @@ from harness.config import ModelConfig
 from harness.configfile import validate
 from harness.space import Dim, Space
 from harness.tokenized import TokenizedSplit
-from harness.training import Features
+from harness.training import Features, Resolved, autocast, resolve_precision
 
 
 class NoParams(BaseModel):
@@ -42,6 +42,15 @@ class DefenseContext:
     progress: Callable[[int, dict[str, float]], None]  # (step, running metrics) -> None
     checkpoint: "Checkpointer"
 
+    @property
+    def precision(self) -> Resolved:
+        """The model config's precision resolved on this device: what the defense's forward passes run at."""
+        return resolve_precision(self.model.precision, self.device)
+
+    def autocast(self):
+        """The autocast region of one forward pass at this training's precision (a no-op at fp32)."""
+        return autocast(self.device, self.precision)
+
     def base_encoder(self, pretrained: bool = True) -> torch.nn.Module:
         """The base encoder; with `pretrained=False`, fresh weights drawn from this training's seed."""
         from harness.models import build_encoder
@@ -54,7 +63,7 @@ class DefenseContext:
         model config says, on the device. Its head comes from torch's default initialisation: draw it from a seeded
         generator (`harness.censoring.init_head`, `Classifier.reset_head`) so the seed alone fixes the run."""
         encoder = self.base_encoder() if encoder is None else encoder
-        return Classifier(encoder, num_labels, self.model.pooling).to(self.device)
+        return Classifier(encoder, num_labels, self.model.pooling, self.precision).to(self.device)
 
 
 class Checkpointer(ABC):
@@ -143,6 +152,12 @@ class AttackContext:
     on_eval: Callable[[int, float], None] = lambda step, accuracy: None
     on_step: Callable[[int, float], None] = lambda step, loss: None
 
+    @property
+    def precision(self) -> Resolved:
+        """The model config's precision resolved on the worker's device: what the attack's forward passes run at
+        (`harness.training.fit`, `accuracy` and `encode` read it from the classifier)."""
+        return resolve_precision(self.model.precision, self.device)
+
     def classifier(self, seed: int, load_encoder: bool = True) -> "Classifier":
         """The defended encoder with a freshly drawn head (the attacker never sees a defense's head).
 
@@ -161,6 +176,7 @@ class AttackContext:
             _WORKER_MODEL[key] = model
         elif load_encoder:
             model.encoder.load_state_dict(self.encoder_state)
+        model.precision = self.precision
         model.reset_head(torch.Generator().manual_seed(seed))
         return model
 

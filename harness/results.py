@@ -58,6 +58,7 @@ PROVENANCE_FIELDS = [
     pa.field("torch_version", pa.string()),
     pa.field("hardware", pa.string()),
     pa.field("protocol_version", pa.int32()),  # PROTOCOL_VERSION; null in cells written before it existed
+    pa.field("precision", pa.string()),  # resolved: bf16 | fp32; null in rows written before it existed (fp32)
 ]
 
 # Where a cell's numbers came from: the defended weights it attacked and the data pools it drew on (null in older files).
@@ -183,6 +184,7 @@ class Provenance:
     ray_version: str
     torch_version: str
     hardware: str
+    precision: str  # the resolved precision of the run's forward passes: bf16 (autocast) or fp32
     schema_version: int = SCHEMA_VERSION
     protocol_version: int = PROTOCOL_VERSION
 

@@ -218,10 +218,14 @@ def _open_run_dir(cfg: ExperimentConfig, run_dir: Path) -> None:
 
 
 def _run_provenance(cfg: ExperimentConfig, prepared: PreparedData) -> Provenance:
+    from harness.defend import training_device
     from harness.models import base_fingerprint, model_id
     from harness.results import provenance
+    from harness.training import resolve_precision
 
     return provenance(
+        # Resolved on this machine's device, as the workers and defense tasks of a homogeneous cluster resolve it.
+        precision=resolve_precision(cfg.model.precision, training_device()),
         experiment=cfg.experiment,
         config_hash=cfg.content_hash(),
         model_id=model_id(cfg.model),
@@ -305,9 +309,11 @@ def _feature_cache(cfg: ExperimentConfig, state: dict, attacks: dict[str, Any], 
         return lambda cell, rows: None
     from harness.classifier import Classifier
     from harness.models import build_encoder
-    from harness.training import Features, encode
+    from harness.training import Features, encode, resolve_precision
 
-    model = Classifier(build_encoder(cfg.model, pretrained=False), 2, cfg.model.pooling)
+    # The features are encoded here, on the CPU, at the precision the config resolves to on it.
+    precision = resolve_precision(cfg.model.precision, "cpu")
+    model = Classifier(build_encoder(cfg.model, pretrained=False), 2, cfg.model.pooling, precision)
     model.encoder.load_state_dict(state)
     val = encode(model, prepared.val)
     test = val if prepared.test is prepared.val else encode(model, prepared.test)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Literal
 
 import numpy as np
 import torch
@@ -48,10 +50,72 @@ class FitResult:
     test_history: list[tuple[int, float]] = field(default_factory=list)  # (step, test accuracy) at the same checks
 
 
-def autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+Precision = Literal["auto", "bf16", "fp32"]  # what a config asks for
+Resolved = Literal["bf16", "fp32"]  # what runs
+# CPU flags (as /proc/cpuinfo spells them) of native bf16 arithmetic: AVX512-BF16 dot products or AMX tiles. Without
+# them oneDNN emulates bf16 matmuls, slower than float32, so `auto` keeps float32 there.
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """This machine's CPU feature flags (empty where /proc/cpuinfo does not exist, e.g. macOS)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def resolve_precision(
+    requested: Precision | str,
+    device: torch.device | str,
+    *,
+    flags: Iterable[str] | None = None,
+    cuda_bf16: bool | None = None,
+) -> Resolved:
+    """The precision a model runs at on `device`: `auto` is bf16 where the device computes bf16 natively (a CPU with
+    AVX512-BF16 or AMX, a CUDA device that supports bf16), else fp32; `bf16` and `fp32` are taken as they are.
+
+    bf16 means autocast around forward passes (matmuls in bf16, master weights, gradients, losses and optimizer
+    states in float32). `flags` (CPU flags) and `cuda_bf16` default to this machine's; tests pass them.
+    """
+    if requested in ("bf16", "fp32"):
+        return requested  # type: ignore[return-value]
+    if requested != "auto":
+        raise ValueError(f"precision {requested!r}: expected auto, bf16 or fp32")
+    kind = torch.device(device).type
+    if kind == "cuda":
+        supported = torch.cuda.is_bf16_supported() if cuda_bf16 is None else cuda_bf16
+        return "bf16" if supported else "fp32"
+    if kind == "cpu":
+        have = cpu_flags() if flags is None else frozenset(flags)
+        return "bf16" if have & BF16_CPU_FLAGS else "fp32"
+    return "fp32"
+
+
+def autocast(device: torch.device, precision: Resolved | str = "fp32"):
+    """The autocast region of a forward pass at `precision` (a no-op at fp32).
+
+    Keep it around forward passes only: losses are computed from `.float()` outputs and backward runs outside it.
+    A region must not span an in-place update of the weights it has cast (its weight cast cache would go stale).
+    """
+    if precision == "bf16" and device.type in ("cpu", "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def upcast(t: torch.Tensor) -> torch.Tensor:
+    """An autocast region's output in float32 for the losses (float32 and float64 tensors pass through as they are)."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
+def model_precision(model: torch.nn.Module) -> Resolved:
+    """The precision a model was built to run at (`Classifier.precision`; fp32 for anything else)."""
+    return getattr(model, "precision", "fp32")
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -67,7 +131,7 @@ def encode(model: Classifier, split: TokenizedSplit, batch_size: int = EVAL_BATC
     out = torch.empty(len(split), model.head.in_features)
     for index in split.eval_batches(batch_size):
         ids, mask = split.batch(index)
-        with autocast(device):
+        with autocast(device, model_precision(model)):
             feats = model.features(ids.to(device), mask.to(device))
         out[torch.from_numpy(index)] = feats.float().cpu()
     model.train(was_training)
@@ -83,7 +147,7 @@ def accuracy(model: Classifier, split: TokenizedSplit, label: str, batch_size: i
     labels = split.labels[label]
     for index in split.eval_batches(batch_size):
         ids, mask = split.batch(index)
-        with autocast(device):
+        with autocast(device, model_precision(model)):
             logits = model(ids.to(device), mask.to(device))
         correct += int((logits.argmax(-1).cpu().numpy() == labels[index]).sum())
     model.train(was_training)
@@ -119,8 +183,11 @@ def fit(
     and `adapt="probe"`, the frozen encoder is skipped altogether and only the head trains on the cached features.
     `history` keeps every check's (step, validation accuracy); with `test_accuracy` (a rerun's scorer: never for a
     search trial, whose selection must not see test), `test_history` has the test accuracy at the same checks.
+    Forward passes run at the model's precision (`Classifier.precision`: under bf16 autocast when "bf16"); the loss,
+    gradients, weights and optimizer stay float32.
     """
     device = model_device(model)
+    precision = model_precision(model)
     generator = torch.Generator().manual_seed(seed)
     names = adapted_parameter_names([n for n, _ in model.named_parameters()], setting.adapt, setting.top_k)
     lookup = dict(model.named_parameters())
@@ -139,7 +206,7 @@ def fit(
             logits = model.head(features.train[index].to(device))
         else:
             ids, mask = train.batch(index.numpy())
-            with autocast(device):
+            with autocast(device, precision):
                 logits = model(ids.to(device), mask.to(device))
         return torch.nn.functional.cross_entropy(logits.float(), target)
 

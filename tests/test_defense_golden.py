@@ -3,7 +3,8 @@ tests/test_defense_mlac.py, gives exactly the weights (and checkpoint) recorded 
 restructured. A refactor of the trainers must leave these fingerprints unchanged; a deliberate change of training
 records new ones (and raises the defense's `training_revision`, so cached weights are not reused).
 
-The values are float32 CPU results with one thread; another CPU architecture may round differently.
+The values are float32 CPU results with one thread; another CPU architecture may round differently. The trainings
+run with `precision: fp32` explicitly: `auto` picks bf16 on a CPU with AVX512-BF16 or AMX.
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ def identity(defense) -> str:
 def train(case: str, splits, folder: Path) -> tuple[str, str | None, str]:
     name, params = CASES[case]
     defense = DEFENSES.get(name).from_params(params, "golden")
-    ctx = context(splits["defense"], folder, every=1000, model=load_config(SMOKE).model)
+    model = load_config(SMOKE).model.model_copy(update={"precision": "fp32"})
+    ctx = context(splits["defense"], folder, every=1000, model=model)
     state = defense.train(ctx)
     return state_fingerprint(state), checkpoint_fingerprint(folder), identity(defense)
 

@@ -29,7 +29,8 @@ from harness.plugins import DefenseContext
 from harness.tokenized import TokenizedSplit
 from harness.training import Features, encode, fit, probe_accuracy
 
-CFG = ModelConfig(source="tiny", max_length=32)
+# fp32: these tests compare the trainers with references written in float32 (`auto` picks bf16 on a bf16 CPU).
+CFG = ModelConfig(source="tiny", max_length=32, precision="fp32")
 MALE = ["john", "james", "robert", "michael", "william", "david", "richard", "thomas"]
 FEMALE = ["mary", "patricia", "jennifer", "linda", "elizabeth", "susan", "jessica", "sarah"]
 PROFESSIONS = ["nurse", "surgeon", "teacher", "poet"]
