@@ -173,7 +173,7 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
     start_ray(cfg, address)  # first: it may still refuse the config, and nothing is written yet
     _open_run_dir(cfg, run_dir)
     storage = tune_dir(cfg, run_dir)
-    stamp = _run_provenance(cfg, prepared)
+    stamp = run_provenance(cfg, prepared)
     todo = plan.todo
     summary = RunSummary(run_dir, 0, len(plan.cells) - len(todo), [], 0.0, pools=prepared.pools)
     seed_for = cfg.defense_training.seed_for
@@ -217,7 +217,8 @@ def _open_run_dir(cfg: ExperimentConfig, run_dir: Path) -> None:
     )
 
 
-def _run_provenance(cfg: ExperimentConfig, prepared: PreparedData) -> Provenance:
+def run_provenance(cfg: ExperimentConfig, prepared: PreparedData) -> Provenance:
+    """What every row of this run records about the code, libraries, model, data and machine that produced it."""
     from harness.defend import training_device
     from harness.models import base_fingerprint, model_id
     from harness.results import provenance

@@ -169,7 +169,7 @@ SMOKE_HASH_BEFORE = "b0d2dcf3304d57d4"
 
 
 def test_cache_key_is_unchanged_at_fp32_and_differs_at_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = load_config(SMOKE)
+    cfg = load_config(SMOKE, ["model.precision=auto"])  # the smoke config itself pins fp32
     for precision in ("fp32", "bf16"):
         pinned = load_config(SMOKE, [f"model.precision={precision}"])
         keys = {spec.name: defense_key(pinned, spec, "data", 0, CPU) for spec in pinned.defenses}
@@ -184,18 +184,19 @@ def test_cache_key_is_unchanged_at_fp32_and_differs_at_bf16(monkeypatch: pytest.
 
 
 def test_config_hash_keeps_auto_out_and_explicit_settings_in() -> None:
-    assert load_config(SMOKE).content_hash() == SMOKE_HASH_BEFORE
+    # The smoke config as it was before precision existed (it now pins fp32, an explicit setting).
+    assert load_config(SMOKE, ["model.precision=auto"]).content_hash() == SMOKE_HASH_BEFORE
     hashes = {p: load_config(SMOKE, [f"model.precision={p}"]).content_hash() for p in ("fp32", "bf16")}
     assert len({SMOKE_HASH_BEFORE, *hashes.values()}) == 3
 
 
 def test_provenance_records_the_resolved_precision() -> None:
     from harness.defend import training_device
-    from harness.runner import _run_provenance
+    from harness.runner import run_provenance
 
     assert "precision" in TRIAL_SCHEMA.names and "precision" in CELL_SCHEMA.names
     prepared = SimpleNamespace(corpus_source="standin", fingerprint="data")
     for requested in ("auto", "bf16", "fp32"):
         cfg = load_config(SMOKE, [f"model.precision={requested}"])
-        stamp = _run_provenance(cfg, prepared)
+        stamp = run_provenance(cfg, prepared)
         assert stamp.precision == resolve_precision(requested, training_device())
