@@ -53,24 +53,21 @@ class BenignFirst(FineTuning):
         return True
 
     def adaptation(self, config: dict[str, Any]) -> dict[str, Any]:
-        self.benign_setting(config)  # validates the benign dimensions with the rest of the configuration
         examples = config["benign_examples"]
         if isinstance(examples, bool) or not isinstance(examples, int) or examples < 1:
             raise ValueError("benign_examples must be an integer of at least 1")
         return {"adapt": "full"}
 
-    def benign_setting(self, config: dict[str, Any]) -> AttackSetting:
+    def setting(self, config: dict[str, Any]) -> AttackSetting:
+        harmful = super().setting(config)
+        self.benign_setting(config, harmful)  # validates the benign dimensions with the rest of the configuration
+        return harmful
+
+    def benign_setting(self, config: dict[str, Any], harmful: AttackSetting | None = None) -> AttackSetting:
         """The benign phase's setting: its own steps and learning rate, the harmful phase's other choices."""
-        return AttackSetting(
-            lr=config["benign_lr"],
-            steps=config["benign_steps"],
-            batch_size=config["batch_size"],
-            optimizer=config["optimizer"],
-            weight_decay=config["weight_decay"],
-            momentum=config["momentum"],
-            warmup_frac=config["warmup_frac"],
-            schedule=config["schedule"],
-            adapt="full",
+        harmful = harmful or super().setting(config)
+        return AttackSetting.model_validate(
+            {**harmful.model_dump(), "lr": config["benign_lr"], "steps": config["benign_steps"], "adapt": "full"}
         )
 
     @staticmethod

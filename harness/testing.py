@@ -268,7 +268,7 @@ def _attack_context(cfg: ExperimentConfig, attack: Attack) -> AttackContext:
 
     from harness.training import Features, encode
 
-    prepared = _prepared(cfg)
+    prepared = prepared_for(cfg)
     task = cfg.tasks.harmful
     budgets = prepared.budget_rows[(task, cfg.seeds[0])]
     data = CellData(prepared.attack_pool.subset(budgets[max(budgets)]), prepared.val, prepared.test, task,
@@ -325,7 +325,7 @@ def _config(config: str | Path) -> ExperimentConfig:
 _DATA: dict[str, Any] = {}
 
 
-def _prepared(cfg: ExperimentConfig) -> Any:
+def prepared_for(cfg: ExperimentConfig) -> Any:
     """The config's `PreparedData` (pools, budget samples), prepared once per process."""
     from harness.data.prepare import prepare_data
 
@@ -337,7 +337,7 @@ def _prepared(cfg: ExperimentConfig) -> Any:
 
 def _training_data(cfg: ExperimentConfig) -> tuple[Any, str]:
     """The config's tokenised defense-training pool and data fingerprint."""
-    prepared = _prepared(cfg)
+    prepared = prepared_for(cfg)
     return prepared.defense_train, prepared.fingerprint
 
 

@@ -246,9 +246,9 @@ def test_benign_phase_changes_the_encoder_the_harmful_phase_starts_from(state):
 
 
 def test_desired_rows_are_the_attackers_pool_with_the_desired_label_only():
-    from harness.testing import _prepared
+    from harness.testing import prepared_for
 
-    prepared = _prepared(load_config(SMOKE))
+    prepared = prepared_for(load_config(SMOKE))
     benign = desired_rows(prepared.attack_pool, "profession")
     assert set(benign.labels) == {"profession"} and set(prepared.attack_pool.labels) >= {"profession", "gender"}
     # the very rows of the attacker's pool (carved from another split than the defense's, disjoint from it by text:
@@ -262,10 +262,10 @@ def test_desired_rows_are_the_attackers_pool_with_the_desired_label_only():
 def test_benign_first_smoke_trial_on_the_attackers_pool():
     """One real trial on the smoke cell (tiny BERT, harmful task, largest budget) with the attacker's desired-task
     rows, as the runner hands them: finite accuracies, the same outcome twice, and the benign phase matters."""
-    from harness.testing import _prepared
+    from harness.testing import prepared_for
 
     cfg = load_config(SMOKE)
-    prepared = _prepared(cfg)
+    prepared = prepared_for(cfg)
     task, desired = cfg.tasks.harmful, cfg.tasks.desired
     budgets = prepared.budget_rows[(task, cfg.seeds[0])]
     data = CellData(prepared.attack_pool.subset(budgets[max(budgets)]), prepared.val, prepared.test, task,
@@ -344,7 +344,7 @@ def test_sdm_run_smoke_with_each_new_attack(tmp_path: Path):
 def test_sdm_run_hands_benign_first_the_attackers_pool_on_harmful_cells_only(tmp_path: Path):
     """Through the real runner: a harmful cell gets every row of the attacker's pool with the desired label only
     (no defense-training row), a desired-task cell gets none."""
-    from harness.testing import _prepared
+    from harness.testing import prepared_for
 
     spy = tmp_path / "spy"
     spy.mkdir()
@@ -362,5 +362,5 @@ def test_sdm_run_hands_benign_first_the_attackers_pool_on_harmful_cells_only(tmp
     got = harmful["benign"]
     assert got["labels"] == [cfg.tasks.desired] and got["label"] == cfg.tasks.desired
     assert got["num_labels"] == cfg.data.labels[cfg.tasks.desired]
-    pool = _prepared(cfg).attack_pool
+    pool = prepared_for(cfg).attack_pool
     assert got["ids"] == pool.ids.tolist() and got["offsets"] == pool.offsets.tolist()
