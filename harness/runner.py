@@ -221,7 +221,7 @@ def run_provenance(cfg: ExperimentConfig, prepared: PreparedData) -> Provenance:
     """What every row of this run records about the code, libraries, model, data and machine that produced it."""
     from harness.defend import training_device
     from harness.models import base_fingerprint, model_id
-    from harness.results import provenance
+    from harness.provenance import provenance
     from harness.training import resolve_precision
 
     return provenance(

@@ -58,14 +58,10 @@ How the numbers are made (a reader of the tables needs these rules):
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from harness.config import REFERENCE_DEFENSE
@@ -76,7 +72,6 @@ from harness.report.merge import (
     limited_cells,
     mixed_weights_cautions,
     search_caution_text,
-    search_counts,
     shared_seeding_cautions,
 )
 from harness.report.stats import (
@@ -84,19 +79,15 @@ from harness.report.stats import (
     BUDGET_LIMITED,
     UTILITY_MARGIN,
     Difference,
-    bootstrap_interval,
     data_cost,
     difference,
     established,
     final_verdict,
-    first_crossing,
-    mean_curve,
     search_limited,
     harmful_verdict,
     mean_paired_gaps,
     paired_difference,
     relative_threshold,
-    select_worst_case,
     t_interval,
     utility_check,
 )
@@ -113,111 +104,16 @@ from harness.report.tables import (
 )
 from harness.results import SCHEMA_VERSION, to_table
 
+from harness.report.curves import CellIndex, compute_costs, curve_rows, rerun_test_curves
+from harness.report.groups import (
+    Group, defense_order, groups_of, is_ok, joined, leaderboard_row, number, row_order, tasks_by_role, worst_by_role,
+)
+
 log = logging.getLogger(__name__)
 
 # Pairs compared beyond the baselines: the paper's claim is mlac against adversarial censoring. Matched by name, so a
 # label keeps its pair: "mlac-bert-lr" is compared with "adversarial-bert-lr".
 COMPARATIVE_PAIRS = (("mlac", "adversarial"),)
-
-
-@dataclass
-class Group:
-    """One leaderboard row's cells: defense x attack x task x budget (attack `WORST_CASE`: over the attacks)."""
-
-    values: dict[int, float]  # seed -> test accuracy of an ok cell (worst case: of the attack selected on validation)
-    n_failed: int
-    n_attacks: int
-    cells: list[dict[str, Any]]
-    val: dict[int, float]  # seed -> validation accuracy of the selected configuration
-    selected: dict[int, str]  # worst case only: seed -> attack chosen on validation
-
-    @property
-    def mean(self) -> float | None:
-        return float(np.mean(list(self.values.values()))) if self.values else None
-
-
-def number(value: Any) -> float | None:
-    """A cell's float, None for null or NaN."""
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
-
-
-def is_ok(cell: dict[str, Any]) -> bool:
-    """A cell that is a result: finished ok, with a test accuracy."""
-    return cell["status"] == "ok" and number(cell["test_accuracy"]) is not None
-
-
-def joined(cells: list[dict[str, Any]], column: str) -> str | None:
-    """The distinct non-empty values of a column, sorted and joined by ","; None when there are none."""
-    values = sorted({str(c[column]) for c in cells if c.get(column) not in (None, "")})
-    return ",".join(values) if values else None
-
-
-def groups_of(cells: list[dict[str, Any]]) -> dict[tuple, Group]:
-    """Per-attack groups, then one worst-case group per defense x task x budget."""
-    groups: dict[tuple, Group] = {}
-    for cell in cells:
-        key = (cell["defense"], cell["attack"], cell["task"], cell["task_role"], cell["budget"])
-        group = groups.setdefault(key, Group({}, 0, 1, [], {}, {}))
-        group.cells.append(cell)
-        if is_ok(cell):
-            group.values[cell["seed"]] = cell["test_accuracy"]
-            val = number(cell.get("best_val_accuracy"))
-            if val is not None:
-                group.val[cell["seed"]] = val
-        else:
-            group.n_failed += 1
-    members: dict[tuple, dict[str, Group]] = {}
-    for (defense, attack, task, role, budget), group in groups.items():
-        members.setdefault((defense, WORST_CASE, task, role, budget), {})[attack] = group
-    for key, parts in members.items():
-        seeds = set().union(*(g.values for g in parts.values()))
-        complete = sorted(s for s in seeds if all(s in g.val for g in parts.values()))
-        if len(complete) < len(seeds):
-            log.info("%s: %d seed(s) left out of the worst case (an attack without an ok cell with a validation "
-                     "accuracy)", key, len(seeds) - len(complete))
-        selected = {s: select_worst_case({a: g.val[s] for a, g in parts.items()}) for s in complete}
-        groups[key] = Group(
-            {s: parts[a].values[s] for s, a in selected.items()},
-            sum(g.n_failed for g in parts.values()),
-            len(parts),
-            [c for g in parts.values() for c in g.cells],
-            {s: parts[a].val[s] for s, a in selected.items()},
-            selected,
-        )
-    return groups
-
-
-def leaderboard_row(key: tuple, group: Group) -> dict[str, Any]:
-    defense, attack, task, role, budget = key
-    seeds = sorted(group.values)
-    values = [group.values[s] for s in seeds]
-    ci = t_interval(values)
-    boot = bootstrap_interval(values)
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "defense": defense,
-        "defense_variant": joined(group.cells, "defense_variant"),
-        "attack": attack,
-        "task": task,
-        "task_role": role,
-        "budget": budget,
-        # incomplete: nothing failed, but no seed has a result from every attack (runs merged with other seeds)
-        "status": "ok" if values else "failed" if group.n_failed else "incomplete",
-        "n_attacks": group.n_attacks,
-        "n_seeds": len(values),
-        "seeds": ",".join(map(str, seeds)),
-        "selected_attacks": ",".join(f"{s}:{group.selected[s]}" for s in seeds) if attack == WORST_CASE else None,
-        "n_failed_cells": group.n_failed,
-        "test_accuracy_mean": float(np.mean(values)) if values else None,
-        "test_accuracy_std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
-        "ci95_low": ci[0] if ci else None,
-        "ci95_high": ci[1] if ci else None,
-        "single_seed": len(values) == 1,
-        "bootstrap_ci95_low": boot[0] if boot else None,
-        "bootstrap_ci95_high": boot[1] if boot else None,
-        **{name: joined(group.cells, name) for name in PROVENANCE_SUMMARY},
-        **search_counts([c for c in group.cells if is_ok(c)]),
-    }
 
 
 # -- search diagnostics -------------------------------------------------------------------------------------------
@@ -235,114 +131,6 @@ def search_cautions(facts: list[DefenseFacts]) -> tuple[str, ...]:
         out.append(f"defense '{name}': the attack search was budget-limited in {len(limited_cells(f.verdict_cells))} "
                    f"of {len(f.verdict_cells)} harmful cells ({text}); {consequence}")
     return tuple(out)
-
-
-# -- compute curves -----------------------------------------------------------------------------------------------
-CellIndex = tuple[str, str, str, int, int]  # defense, attack, task, budget, seed
-
-
-def rerun_test_curves(curves: pa.Table | None) -> dict[CellIndex, list[list[tuple[float, float]]]]:
-    """Cell -> its reruns' test curves ((step, accuracy) points each), from a curves table (CURVE_SCHEMA)."""
-    if curves is None or curves.num_rows == 0:
-        return {}
-    import pyarrow.compute as pc
-
-    chosen = curves.filter(pc.and_(pc.equal(curves["phase"], "rerun"), pc.equal(curves["split"], "test")))
-    by_trial: dict[CellIndex, dict[str, list[tuple[float, float]]]] = {}
-    for r in chosen.select(["defense", "attack", "task", "budget", "seed", "trial_id", "step", "accuracy"]).to_pylist():
-        key = (r["defense"], r["attack"], r["task"], r["budget"], r["seed"])
-        by_trial.setdefault(key, {}).setdefault(r["trial_id"], []).append((float(r["step"]), float(r["accuracy"])))
-    return {key: list(trials.values()) for key, trials in by_trial.items()}
-
-
-def batch_size(cell: dict[str, Any]) -> float | None:
-    """The selected configuration's batch size (None when it has none)."""
-    try:
-        value = json.loads(cell.get("best_hyperparameters") or "{}").get("batch_size")
-    except (json.JSONDecodeError, AttributeError):
-        return None
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def selected_cells(key: tuple, group: Group) -> dict[int, dict[str, Any]]:
-    """Seed -> the ok cell that gave the group's value (worst case: of the attack selected on validation)."""
-    attack = key[1]
-    out = {}
-    for c in group.cells:
-        wanted = group.selected.get(c["seed"]) if attack == WORST_CASE else attack
-        if c["seed"] in group.values and c["attack"] == wanted and is_ok(c):
-            out[c["seed"]] = c
-    return out
-
-
-def group_curve(key: tuple, group: Group, index: dict[CellIndex, list], examples: bool = False
-                ) -> tuple[list[tuple[float, float]], int]:
-    """A group's compute curve and the seeds it is over: the mean over seeds of each selected cell's curve (the mean
-    over its reruns), on an axis of steps or, with `examples`, of examples seen (steps x the cell's batch size).
-    Empty when a seed's cell has no curve (or, for examples, no batch size)."""
-    per_seed = []
-    for seed, c in sorted(selected_cells(key, group).items()):
-        reruns = index.get((c["defense"], c["attack"], c["task"], c["budget"], seed))
-        scale = batch_size(c) if examples else 1.0
-        if not reruns or scale is None:
-            return [], 0
-        per_seed.append([(x * scale, v) for x, v in mean_curve(reruns)])
-    return mean_curve(per_seed), len(per_seed)
-
-
-def curve_rows(groups: dict[tuple, Group], keys: list[tuple], index: dict[CellIndex, list]) -> list[dict[str, Any]]:
-    """The board's curves table (CURVES_SCHEMA): every worst-case group's compute curve."""
-    rows = []
-    for key in keys:
-        defense, attack, task, role, budget = key
-        if attack != WORST_CASE:
-            continue
-        curve, n = group_curve(key, groups[key], index)
-        rows += [{"schema_version": SCHEMA_VERSION, "defense": defense, "task": task, "task_role": role,
-                  "budget": budget, "step": int(round(x)), "n_seeds": n, "test_accuracy_mean": m} for x, m in curve]
-    return rows
-
-
-def compute_costs(harmful: dict[int, Group], defense: str, task: str | None, index: dict[CellIndex, list],
-                  threshold: float | None) -> dict[int, tuple[float | None, float | None, str]]:
-    """Budget -> (steps, examples seen, flag) for the defense's worst-case harmful curve to reach `threshold`."""
-    out = {}
-    for budget, group in sorted(harmful.items()):
-        if not group.values:
-            continue
-        key = (defense, WORST_CASE, task, "harmful", budget)
-        if threshold is None:
-            out[budget] = (None, None, "no threshold")
-            continue
-        steps, flag = first_crossing(group_curve(key, group, index)[0], threshold)
-        examples = first_crossing(group_curve(key, group, index, examples=True)[0], threshold)[0]
-        out[budget] = (steps, examples, flag)
-    return out
-
-
-def defense_order(defenses: Iterable[str]) -> list[str]:
-    """The baselines first, in their order, then the other defenses alphabetically."""
-    names = set(defenses)
-    return [d for d in BASELINES if d in names] + sorted(names - set(BASELINES))
-
-
-def row_order(key: tuple, defenses: list[str]) -> tuple:
-    defense, attack, task, role, budget = key
-    role_rank = ROLES.index(role) if role in ROLES else len(ROLES)
-    return (role_rank, task, defenses.index(defense), attack != WORST_CASE, attack, budget)
-
-
-def worst_by_role(groups: dict[tuple, Group]) -> dict[str, dict[str, dict[int, Group]]]:
-    """role -> defense -> budget -> worst-case group; the merge checks left one task per role."""
-    worst: dict[str, dict[str, dict[int, Group]]] = {role: {} for role in ROLES}
-    for (defense, attack, _task, role, budget), group in groups.items():
-        if attack == WORST_CASE and role in worst:
-            worst[role].setdefault(defense, {})[budget] = group
-    return worst
-
-
-def tasks_by_role(groups: dict[tuple, Group]) -> dict[str, str]:
-    return {role: task for (_, attack, task, role, _), _g in groups.items() if attack == WORST_CASE}
 
 
 # -- summary ------------------------------------------------------------------------------------------------------
