@@ -476,6 +476,18 @@ def test_merges_runs_with_different_seeds(tmp_path: Path):
     assert r["config_hash"] == "cfg-a,cfg-b"
 
 
+def test_per_seed_defenses_are_not_mixed_weights_but_a_retrain_of_one_seed_is(tmp_path: Path):
+    """Each seed's defense is its own training, so different fingerprints across seeds are expected; two weights for
+    the same training seed are a retrain and still cautioned."""
+    per_seed = [cell("bert", "probe", "harmful", 20, s, 0.7, defense_seed=s, defense_fingerprint=f"dfp-{s}")
+                for s in range(3)]
+    assert build_leaderboard([write_run(tmp_path / "a", per_seed)], tmp_path / "board").cautions == ()
+    retrained = cell("bert", "probe", "harmful", 20, 3, 0.7, defense_seed=0, defense_fingerprint="dfp-again",
+                     experiment="other")
+    [caution] = build_leaderboard([write_run(tmp_path / "b", [*per_seed, retrained])], tmp_path / "board2").cautions
+    assert caution.startswith("defense 'bert' (trained with seed 0) merges cells measured on 2 different trained")
+
+
 def test_merging_one_defense_trained_twice_is_flagged_to_the_reader(tmp_path: Path):
     """Runs merge by defense name, so a defense retrained (or trained differently) in another run puts two models in
     one row: the leaderboard says so in its Markdown and HTML, and stays quiet when the weights agree."""

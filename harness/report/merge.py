@@ -28,20 +28,25 @@ def shared_seeding_cautions(rows: list[dict]) -> tuple[str, ...]:
 
 
 def mixed_weights_cautions(rows: list[dict]) -> tuple[str, ...]:
-    """One caution per defense whose cells were measured on more than one set of trained weights.
+    """One caution per defense whose cells of one training seed were measured on more than one set of trained weights.
 
     Runs merge by defense name (or label), so two runs that trained a defense differently, or retrained it (training
     is not bit-reproducible across processes), put cells of different models in one row. Not an error: a retrain of
     the same config is a fair merge, but the reader must be told, and a different config must be labelled apart.
+    Per-seed defenses are different weights by design: only weights of the same training seed are compared (cells
+    without a recorded training seed were measured on one shared model, seed 0's).
     """
-    weights: dict[str, dict[str, set[str]]] = {}  # defense -> fingerprint -> experiments
+    weights: dict[tuple[str, int | None], dict[str, set[str]]] = {}  # (defense, seed) -> fingerprint -> experiments
     for r in rows:
-        weights.setdefault(r["defense"], {}).setdefault(str(r["defense_fingerprint"]), set()).add(str(r["experiment"]))
+        seed = r.get("defense_seed")
+        key = (r["defense"], None if seed is None else int(seed))
+        weights.setdefault(key, {}).setdefault(str(r["defense_fingerprint"]), set()).add(str(r["experiment"]))
     return tuple(
-        f"defense '{defense}' merges cells measured on {len(by_fp)} different trained weights ("
+        f"defense '{defense}'" + ("" if seed is None else f" (trained with seed {seed})")
+        + f" merges cells measured on {len(by_fp)} different trained weights ("
         + "; ".join(f"fingerprint {fp} in {', '.join(sorted(exps))}" for fp, exps in sorted(by_fp.items()))
         + "): a retrain of the same config, or different configs under one name (give each its own label)"
-        for defense, by_fp in weights.items()
+        for (defense, seed), by_fp in weights.items()
         if len(by_fp) > 1
     )
 
