@@ -367,3 +367,10 @@ def write_cells_table(run_dir: Path) -> Path:
     table = read_cells(run_dir).replace_schema_metadata(_metadata("cells"))
     return write_table(Path(run_dir, "cells.parquet"), table)
 
+
+def write_run_tables(run_dir: Path) -> dict[str, Path]:
+    """A finished run's tables: the trials folder, and cells.parquet and curves.parquet rebuilt from the cells' own
+    files (which stay the record: the run-level files are conveniences, rebuilt whole)."""
+    return {"trials": Path(run_dir, "trials"), "cells": write_cells_table(run_dir),
+            "curves": write_curves_table(run_dir)}
+

@@ -118,11 +118,10 @@ def run_experiment(
         check_run_dir(cfg, run_dir)
         plan = plan_cells(cfg, run_dir)
         if not plan.todo:
-            from harness.results import write_cells_table, write_curves_table
+            from harness.results import write_run_tables
 
-            tables = {"trials": run_dir / "trials", "cells": write_cells_table(run_dir),
-                      "curves": write_curves_table(run_dir)}
-            return RunSummary(run_dir, 0, len(plan.cells), [], time.perf_counter() - started, tables, prepared.pools)
+            return RunSummary(run_dir, 0, len(plan.cells), [], time.perf_counter() - started,
+                              write_run_tables(run_dir), prepared.pools)
         return _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, started)
 
 
@@ -166,7 +165,7 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
     """Train (or find) each defense a cell still needs, then search every unfinished cell against it."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from harness.results import write_cells_table, write_curves_table
+    from harness.results import write_run_tables
     from harness.search import tune_dir
     from harness.workers import WorkerPool
 
@@ -198,8 +197,7 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
                     progress.advance(cells_bar)
     finally:
         pool.shutdown()
-    summary.tables = {"trials": run_dir / "trials", "cells": write_cells_table(run_dir),
-                      "curves": write_curves_table(run_dir)}
+    summary.tables = write_run_tables(run_dir)
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -278,7 +276,7 @@ def _defend(cfg, defense_name, defense_seed, prepared, attacks, stamp, progress)
 def _attack_cell(cfg, cell, defended, prepared, attacks, pool, storage, resume, run_dir, on_trial) -> str:
     """Search one cell, write its trials and its row (the cell is finished once its row exists); its status."""
     from harness.plugins import CellData, desired_rows
-    from harness.results import CellKey, CellRow, CurveRow, TrialRow, write_cell, write_cells_table, write_curves_table
+    from harness.results import CellKey, CellRow, CurveRow, TrialRow, write_cell, write_cells_table
     from harness.search import CellPayload, discard_search, run_cell
 
     rows = prepared.budget_rows[(cell.task, cell.seed)][cell.budget]
@@ -299,8 +297,9 @@ def _attack_cell(cfg, cell, defended, prepared, attacks, pool, storage, resume, 
     write_cell(run_dir, [TrialRow(key, t, defended.origin, defended.provenance) for t in trials],
                CellRow(key, result, defended.origin, defended.provenance), [CurveRow(key, p) for p in curves])
     discard_search(storage, cell)  # recorded: nothing left to resume (a failed cell starts afresh)
+    # The cells table stays current while a run goes on; the curves table, which grows with every check of every
+    # trial, is rebuilt once at the end (`write_run_tables`), not after each cell.
     write_cells_table(run_dir)
-    write_curves_table(run_dir)
     return result.status
 
 
