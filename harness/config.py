@@ -154,12 +154,16 @@ class PluginSpec(Strict):
     )
     params: dict[str, Any] = Field(default_factory=dict)
 
+    # Fields added after configs were published: left out of the dump when unset, so those configs keep their hash (and
+    # their runs resume).
+    OMIT_WHEN_UNSET: ClassVar[tuple[str, ...]] = ("label",)
+
     @model_serializer(mode="wrap")
-    def _omit_unset_label(self, handler: Any) -> dict[str, Any]:
-        # An unset label is left out, so configs written before labels existed keep their hash (and their runs resume).
+    def _omit_unset(self, handler: Any) -> dict[str, Any]:
         data = handler(self)
-        if data.get("label", "") is None:
-            del data["label"]
+        for name in self.OMIT_WHEN_UNSET:
+            if data.get(name, "") is None:
+                del data[name]
         return data
 
     @property
@@ -177,6 +181,10 @@ class AttackSpec(PluginSpec):
     budgets: list[int] | None = Field(
         None, min_length=1, description="run this attack only at these budgets (an expensive attack's subset)"
     )
+    tasks: list[Literal["harmful", "desired"]] | None = Field(
+        None, min_length=1, description="run this attack only on these tasks' cells (default: every attacked task)"
+    )
+    OMIT_WHEN_UNSET: ClassVar[tuple[str, ...]] = ("label", "tasks")
 
 
 class Resources(Strict):
@@ -331,6 +339,10 @@ class ExperimentConfig(Strict):
             unknown = sorted(set(attack.budgets or []) - known)
             if unknown:
                 raise ValueError(f"attacks: '{attack.name}' budgets {unknown} are not among the experiment's budgets")
+            idle = sorted(set(attack.tasks or []) - set(self.tasks.attacked))
+            if idle:
+                raise ValueError(f"attacks: '{attack.name}' tasks {idle} are not in tasks.attacked "
+                                 f"{self.tasks.attacked}")
         return self
 
     def warnings(self) -> list[str]:
@@ -355,8 +367,9 @@ class ExperimentConfig(Strict):
         """The budgets of the harmful or desired task's cells."""
         return self.desired_budgets if role == "desired" and self.desired_budgets else self.budgets
 
-    def runs_at(self, attack: AttackSpec, budget: int) -> bool:
-        return attack.budgets is None or budget in attack.budgets
+    def runs_at(self, attack: AttackSpec, role: str, budget: int) -> bool:
+        """Whether `attack` has a cell on the `role` task at `budget`."""
+        return (attack.budgets is None or budget in attack.budgets) and (attack.tasks is None or role in attack.tasks)
 
     def run_dir(self) -> Path:
         return Path(self.output) if self.output else Path("results") / "runs" / self.experiment

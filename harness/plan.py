@@ -52,7 +52,7 @@ def plan_cells(cfg: ExperimentConfig, run_dir: Path) -> Plan:
         for a in cfg.attacks
         for role in cfg.tasks.attacked
         for budget in cfg.budgets_for(role)
-        if cfg.runs_at(a, budget)
+        if cfg.runs_at(a, role, budget)
         for seed in cfg.seeds
     ]
     status = {row["cell_id"]: row["status"] for row in read_cells(run_dir).select(["cell_id", "status"]).to_pylist()}

@@ -101,6 +101,19 @@ def test_per_task_and_per_attack_budgets_shape_the_cell_plan(tmp_path: Path):
     assert {c.budget for c in plan_cells(cfg, tmp_path / "run").cells} == {60}
 
 
+def test_attack_tasks_restrict_its_cells_and_leave_old_hashes_alone(tmp_path: Path):
+    from harness.plan import plan_cells
+
+    cfg = load_config(SMOKE, ["attacks.0.tasks=[harmful]"])
+    assert {c.task_role for c in plan_cells(cfg, tmp_path / "run").cells} == {"harmful"}
+    everywhere = load_config(SMOKE)
+    assert {c.task_role for c in plan_cells(everywhere, tmp_path / "run").cells} == {"harmful", "desired"}
+    assert "tasks" not in everywhere.model_dump()["attacks"][0]  # unset: the hash of configs written before it
+    assert cfg.content_hash() != everywhere.content_hash()
+    with pytest.raises(UserError, match=r"'finetune' tasks \['desired'\] are not in tasks.attacked"):
+        load_config(SMOKE, ["tasks.attacked=[harmful]", "attacks.0.tasks=[desired]"])
+
+
 def test_attack_budget_outside_the_experiment_is_refused():
     with pytest.raises(UserError, match=r"'finetune' budgets \[45\] are not among"):
         load_config(SMOKE, ["attacks.0.budgets=[45]"])
