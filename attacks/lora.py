@@ -74,3 +74,4 @@ class Lora(FineTuning):
             for name, child in list(module.named_children()):
                 if isinstance(child, LoraLayer):
                     setattr(module, name, child.get_base_layer())
+        vars(model.encoder).pop("peft_config", None)  # peft's record of the adapters, which are gone

@@ -79,9 +79,9 @@ def pool_size(cfg: ExperimentConfig, nodes: list[dict[str, float]]) -> int:
 
 
 def task_options(resources: Resources) -> dict[str, Any]:
-    """Ray options of a task holding `resources`. A GPU task is single-use (`max_calls=1`): its process exits when it
-    ends, and with it its CUDA context and the memory its allocator cached, on a GPU Ray has handed to someone else.
-    (Ray makes GPU tasks single-use by default only when the GPUs are declared in `ray.remote`, not in `options`.)"""
+    """`ray.remote` options of a task holding `resources` (`max_calls` cannot be given to `.options`). A GPU task is
+    single-use (`max_calls=1`): its process exits when it ends, and with it its CUDA context and the memory its
+    allocator cached, on a GPU Ray has handed to someone else (`.options(num_gpus=...)` alone reuses the process)."""
     return {"num_cpus": resources.cpu, "num_gpus": resources.gpu, "max_calls": 1 if resources.gpu > 0 else 0}
 
 

@@ -265,7 +265,7 @@ def _train(cfg, defense_name, defense_seed, prepared, progress) -> Trained:
     from harness.resources import task_options
 
     spec = next(d for d in cfg.defenses if d.cell_name == defense_name)
-    task = ray.remote(defense_task).options(**task_options(cfg.defense_training.resources), num_returns=2)
+    task = ray.remote(num_returns=2, **task_options(cfg.defense_training.resources))(defense_task)
     weights_ref, state_ref = task.remote(cfg, spec, prepared.defense_train, prepared.fingerprint, defense_seed)
     weights = ray.get(weights_ref)
     how = "cached" if weights.cached else f"trained in {weights.train_seconds:.0f}s"
