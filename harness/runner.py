@@ -187,8 +187,10 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
             trained = {key: _train(cfg, *key, prepared, progress)
                        for key in dict.fromkeys((c.defense, seed_for(c.seed)) for c in todo)}
             pool = _start_pool(cfg)
-            for (defense_name, defense_seed), weights in trained.items():
-                defended = _defended(cfg, defense_name, defense_seed, weights, prepared, attacks, stamp, pool)
+            for defense_name, defense_seed in list(trained):
+                # Popped: the object store lets go of the weights once their cells are done.
+                outcome = trained.pop((defense_name, defense_seed))
+                defended = _defended(cfg, defense_name, defense_seed, outcome, prepared, attacks, stamp, pool)
                 for cell in [c for c in todo if c.defense == defense_name and seed_for(c.seed) == defense_seed]:
                     progress.update(trials_bar, description=f"trials {cell.cell_id}")
                     status = _attack_cell(cfg, cell, defended, prepared, attacks, pool, storage, resume, run_dir,
