@@ -78,6 +78,10 @@ class FineTuning(Attack):
         """The model to train (by default the defended encoder with its fresh head, as it is)."""
         return model
 
+    def restore(self, model: Classifier) -> None:
+        """Undo, after the trial, what `prepare` changed in the module's structure: the worker keeps the module for
+        the cell's later trials, which reload only the defended weights into it (by default nothing to undo)."""
+
     def setting(self, config: dict[str, Any]) -> AttackSetting:
         return AttackSetting(
             lr=config["lr"],
@@ -95,6 +99,13 @@ class FineTuning(Attack):
         setting = self.setting(config)
         cached = ctx.features if setting.adapt == "probe" else None
         model = self.prepare(ctx.classifier(seed, load_encoder=cached is None), config, seed)
+        try:
+            return self._train(ctx, model, setting, cached, seed, score_test)
+        finally:
+            self.restore(model)
+
+    def _train(self, ctx: AttackContext, model: Classifier, setting: AttackSetting, cached: Any, seed: int,
+               score_test: bool) -> AttackOutcome:
         data = ctx.data
 
         def test_accuracy() -> float:

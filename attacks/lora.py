@@ -1,7 +1,8 @@
 """`lora`: low-rank adapters (peft) on the encoder's attention projections, and a fresh head.
 
-The encoder's own weights stay frozen; only the adapters and the head train. Adapters are injected into a copy of
-the worker's cached model, so later trials of the cell still find the plain defended encoder there.
+The encoder's own weights stay frozen; only the adapters and the head train. Adapters are injected into the
+worker's cached model for the trial and taken out again after it (`restore`), so later trials of the cell find the
+plain defended encoder there without a copy of the model (on a GPU, the model's memory again) for every trial.
 
 No LoRA dropout: every attack trains with dropout off (harness.training.fit), so that trials differ only in their
 hyperparameters, and a dropout rate that fit would silently disable is not offered as one.
@@ -9,7 +10,6 @@ hyperparameters, and a dropout rate that fit would silently disable is not offer
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -61,8 +61,17 @@ class Lora(FineTuning):
         shape = self.shape(config)
         lora = LoraConfig(r=shape.rank, lora_alpha=shape.alpha, lora_dropout=0.0,
                           target_modules=list(self.params.target_modules))
-        adapted = copy.deepcopy(model)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # the adapters' initialisation is part of the trial's seed
-            inject_adapter_in_model(lora, adapted.encoder)
-        return adapted
+            inject_adapter_in_model(lora, model.encoder)
+        return model
+
+    def restore(self, model: Classifier) -> None:
+        """Put each adapted layer's own linear layer back in its place: the defended encoder, as it was."""
+        from peft.tuners.lora import LoraLayer
+
+        for module in list(model.encoder.modules()):
+            for name, child in list(module.named_children()):
+                if isinstance(child, LoraLayer):
+                    setattr(module, name, child.get_base_layer())
+        vars(model.encoder).pop("peft_config", None)  # peft's record of the adapters, which are gone

@@ -47,5 +47,9 @@ class Mlac(Defense):
         # 1: the learned inner lr moved from the defender's optimizer to its own, on the attacker's objective.
         return 1 if self.params.inner_lr == "learned" and self.params.inner_steps > 0 else 0
 
+    def needs_double_backward(self) -> bool:
+        p = self.params
+        return p.inner_steps > 0 and not p.first_order
+
     def train(self, ctx: DefenseContext) -> dict[str, torch.Tensor]:
         return train_censoring(self.params, ctx, self.name)

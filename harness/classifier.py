@@ -30,9 +30,12 @@ class Classifier(nn.Module):
         return self.head(self.features(input_ids, attention_mask))
 
     def reset_head(self, generator: torch.Generator | None = None) -> None:
-        """Fresh head weights, drawn from `generator` so a trial's seed fixes them."""
+        """Fresh head weights, drawn from `generator` (a CPU generator, as every seeded draw here) so a trial's seed
+        fixes them. They are drawn on the CPU and then copied to the head's device: a CUDA tensor refuses a CPU
+        generator, and CPU and GPU runs of one seed draw the same head."""
         fan_in = self.head.in_features
         bound = 1.0 / fan_in**0.5
         with torch.no_grad():
-            self.head.weight.uniform_(-bound, bound, generator=generator)
-            self.head.bias.uniform_(-bound, bound, generator=generator)
+            for param in (self.head.weight, self.head.bias):
+                drawn = torch.empty(param.shape, dtype=param.dtype).uniform_(-bound, bound, generator=generator)
+                param.copy_(drawn)

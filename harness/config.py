@@ -273,6 +273,10 @@ class DefenseTraining(Strict):
 class ClusterConfig(Strict):
     address: str | None = None
     storage_path: str | None = Field(None, description="shared filesystem path or URI for Ray Tune state")
+    autoscaling: bool = Field(
+        False, description="the cluster adds nodes on demand: requests no node has now are left to its autoscaler "
+        "instead of refused, and the trial workers are not limited to the nodes there are now",
+    )
 
 
 class MlflowTracking(Strict):

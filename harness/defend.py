@@ -3,7 +3,11 @@
 The cache is content-addressed: the key hashes the defense's name and parameters, the base model's config and
 weights fingerprint, the training data's fingerprint and the seed, so `sdm run` never trains the same defense twice
 and a changed ingredient never reuses stale weights. Training runs as a Ray task with the resources the config asks
-for, checkpoints periodically and resumes from the last checkpoint after an interruption.
+for (`defense_task`), checkpoints periodically and resumes from the last checkpoint after an interruption.
+
+The task resolves the cache on its own node (`cache_root`: shared by every node when it lies beside a shared
+`cluster.storage_path`, else that node's own) and returns the weights themselves through Ray's object store, so a
+driver on another node gets them without reading a file it may not have.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from harness.atomic import publish_dir_atomic, write_file_atomic, write_text_atomic
 from harness.config import DefenseSpec, ExperimentConfig
+from harness.device import assigned_device, attention_for, prepare_device
 from harness.models import base_fingerprint, model_id, state_fingerprint
 from harness.plugins import Checkpointer, Defense, DefenseContext
 from harness.registry import DEFENSES
@@ -59,18 +64,21 @@ def make_defense(spec: DefenseSpec, origin: str) -> Defense:
     return DEFENSES.get(spec.name).from_params(spec.params, origin)
 
 
-def training_device() -> torch.device:
-    """The device a defense trains on here."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def training_device(cfg: ExperimentConfig) -> torch.device:
+    """The device a defense trains on in this process: the GPU Ray assigned it (or, outside Ray, the GPU it asks
+    for in `defense_training.resources`), else the CPU."""
+    return assigned_device(cfg.defense_training.resources.gpu)
 
 
 def defense_key(
     cfg: ExperimentConfig, spec: DefenseSpec, data_fingerprint: str, seed: int, device: torch.device | None = None
 ) -> str:
-    """The weights-cache key. The precision the training resolves to on `device` (default: this machine's) enters it
-    only when it is not fp32, so float32 trainings keep the keys (and cached weights) they had before it existed."""
+    """The weights-cache key. The kind of `device` (default: the one this process trains on) and the precision the
+    training resolves to there enter it only when they are not the CPU and fp32, so CPU float32 trainings keep the
+    keys (and cached weights) they had before either existed."""
     defense = make_defense(spec, "config")
-    precision = resolve_precision(cfg.model.precision, device or training_device())
+    device = device or training_device(cfg)
+    precision = resolve_precision(cfg.model.precision, device)
     payload = {
         "defense": spec.name,
         "params": defense.params.model_dump(mode="json"),
@@ -84,6 +92,8 @@ def defense_key(
         payload["revision"] = defense.training_revision()
     if precision != "fp32":
         payload["precision"] = precision
+    if device.type != "cpu":
+        payload["device"] = device.type
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -139,16 +149,13 @@ class _Progress:
 
 def train_defense(
     cfg: ExperimentConfig, spec: DefenseSpec, train: TokenizedSplit, data_fingerprint: str, seed: int,
-    cache: Path | None = None,
 ) -> DefendedWeights:
-    """Find the defended weights in the cache or train them now (in this process).
-
-    `cache`: the cache root the driver resolved; a Ray task on another node (or started with another environment)
-    must not pick its own.
-    """
-    device = training_device()
+    """Find the defended weights in this process's cache (`cache_root`) or train them now, in this process."""
+    resources = cfg.defense_training.resources
+    device = training_device(cfg)
+    prepare_device(device, resources.gpu)
     key = defense_key(cfg, spec, data_fingerprint, seed, device)
-    root = (cache or cache_root(cfg)) / "defenses"
+    root = cache_root(cfg) / "defenses"
     final = root / f"{spec.name}-{key}"
     root.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root / f".{spec.name}-{key}.lock")):
@@ -169,6 +176,7 @@ def train_defense(
             device=device,
             progress=progress,
             checkpoint=checkpointer,
+            attention=attention_for(device, defense.needs_double_backward()),
         )
         torch.manual_seed(seed)
         started = time.perf_counter()
@@ -206,3 +214,12 @@ def train_defense(
 
 def load_defended(weights: DefendedWeights) -> dict[str, torch.Tensor]:
     return load_file(str(weights.path))
+
+
+def defense_task(
+    cfg: ExperimentConfig, spec: DefenseSpec, train: TokenizedSplit, data_fingerprint: str, seed: int,
+) -> tuple[DefendedWeights, dict[str, torch.Tensor]]:
+    """`train_defense` as a Ray task runs it (`harness.resources.task_options`, two returns): what the cache holds,
+    and the weights themselves, read back on the task's own node."""
+    weights = train_defense(cfg, spec, train, data_fingerprint, seed)
+    return weights, load_defended(weights)

@@ -83,9 +83,12 @@ def load_tokenizer(cfg: ModelConfig) -> "PreTrainedTokenizerBase":
     return _tokenizer(model_location(cfg))
 
 
-def build_encoder(cfg: ModelConfig, *, pretrained: bool = True, init_seed: int | None = None) -> "BertModel":
-    """The base encoder with eager attention (needed for double backward); fresh weights when not pretrained, drawn
-    from `init_seed` when given (else from torch's global generator, or the tiny model's own seed)."""
+def build_encoder(
+    cfg: ModelConfig, *, pretrained: bool = True, init_seed: int | None = None, attention: str = "eager"
+) -> "BertModel":
+    """The base encoder; fresh weights when not pretrained, drawn from `init_seed` when given (else from torch's
+    global generator, or the tiny model's own seed). `attention`: transformers' attention implementation, eager by
+    default (second-order gradients need it; `harness.device.attention_for` says where SDPA may serve instead)."""
     import torch
     from transformers import AutoConfig, AutoModel, BertConfig
 
@@ -100,12 +103,12 @@ def build_encoder(cfg: ModelConfig, *, pretrained: bool = True, init_seed: int |
             num_attention_heads=t.num_attention_heads,
             intermediate_size=t.intermediate_size,
             max_position_embeddings=max(cfg.max_length, 64),
-            attn_implementation="eager",
+            attn_implementation=attention,
         )
         # The tiny model's "pretrained" weights are a seeded initialisation; random-init draws other ones.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(t.seed if pretrained else t.seed + 1_000_003 + (init_seed or 0))
-            return AutoModel.from_config(config, attn_implementation="eager")
+            return AutoModel.from_config(config, attn_implementation=attention)
     overrides = {"num_hidden_layers": cfg.num_hidden_layers} if cfg.num_hidden_layers else {}
     if pretrained:
         from transformers.utils import logging as hf_logging
@@ -122,7 +125,8 @@ def build_encoder(cfg: ModelConfig, *, pretrained: bool = True, init_seed: int |
         hf_logging.set_verbosity_error()
         try:
             # safetensors only: a pickled checkpoint (pytorch_model.bin) can run code when loaded.
-            model = AutoModel.from_pretrained(location, attn_implementation="eager", use_safetensors=True, **overrides)
+            model = AutoModel.from_pretrained(location, attn_implementation=attention, use_safetensors=True,
+                                              **overrides)
         except OSError as exc:
             raise UserError(f"model.source '{cfg.source}': cannot load weights: {exc}".splitlines()[0]) from None
         finally:
@@ -132,7 +136,7 @@ def build_encoder(cfg: ModelConfig, *, pretrained: bool = True, init_seed: int |
     with torch.random.fork_rng(devices=[], enabled=init_seed is not None):
         if init_seed is not None:
             torch.manual_seed(init_seed)
-        return AutoModel.from_config(config, attn_implementation="eager")
+        return AutoModel.from_config(config, attn_implementation=attention)
 
 
 def state_fingerprint(state: dict[str, "torch.Tensor"]) -> str:

@@ -41,6 +41,8 @@ class DefenseContext:
     device: torch.device
     progress: Callable[[int, dict[str, float]], None]  # (step, running metrics) -> None
     checkpoint: "Checkpointer"
+    # The encoders' attention implementation (`harness.device.attention_for`): eager unless SDPA can serve.
+    attention: str = "eager"
 
     @property
     def precision(self) -> Resolved:
@@ -56,7 +58,8 @@ class DefenseContext:
         from harness.models import build_encoder
 
         init_seed = None if pretrained else self.seed
-        return build_encoder(self.model, pretrained=pretrained, init_seed=init_seed).to(self.device)
+        encoder = build_encoder(self.model, pretrained=pretrained, init_seed=init_seed, attention=self.attention)
+        return encoder.to(self.device)
 
     def classifier(self, num_labels: int, encoder: torch.nn.Module | None = None) -> Classifier:
         """A classifier on the base encoder (or on `encoder`, e.g. to share one between two heads), pooled as the
@@ -106,6 +109,11 @@ class Defense(ABC):
         """Raised when the training these parameters select changed, so weights cached by the old code are not
         reused (the cache key holds it when non-zero; 0 keeps the keys of weights cached before it existed)."""
         return 0
+
+    def needs_double_backward(self) -> bool:
+        """Whether the training differentiates through gradients of the encoder (second-order meta-learning): its
+        encoders then keep eager attention, which SDPA cannot replace (`harness.device.attention_for`)."""
+        return False
 
     @abstractmethod
     def train(self, ctx: DefenseContext) -> dict[str, torch.Tensor]:
@@ -167,10 +175,12 @@ class AttackContext:
         key = (self.model.model_dump_json(), self.data.num_labels, id(self.encoder_state))
         model = _WORKER_MODEL.get(key)
         if model is None:
+            from harness.device import attention_for
             from harness.models import build_encoder
 
             _WORKER_MODEL.clear()
-            model = Classifier(build_encoder(self.model, pretrained=False), self.data.num_labels, self.model.pooling)
+            encoder = build_encoder(self.model, pretrained=False, attention=attention_for(self.device, False))
+            model = Classifier(encoder, self.data.num_labels, self.model.pooling)
             model.encoder.load_state_dict(self.encoder_state)
             model.to(self.device)
             _WORKER_MODEL[key] = model

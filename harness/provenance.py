@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import platform
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -21,20 +19,14 @@ def git_commit() -> str:
         return ""
 
 
-def hardware() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
-    return f"cpu {platform.machine()} x{os.cpu_count()}"
-
-
 def provenance(**fields: Any) -> Provenance:
-    """The run-wide provenance; callers pass the experiment-specific fields."""
+    """The run-wide provenance; callers pass the experiment-specific fields. Its hardware is this process's CPU: the
+    driver computes nothing on a GPU, and rows of trials record what their workers ran on (`Provenance.ran_on`)."""
     import ray
     import torch
 
     from harness import __version__
+    from harness.device import hardware
 
     return Provenance(
         package_version=__version__,

@@ -186,6 +186,22 @@ class Provenance:
     schema_version: int = SCHEMA_VERSION
     protocol_version: int = PROTOCOL_VERSION
 
+    def ran_on(self, machines: list[RanOn]) -> Provenance:
+        """This provenance with the hardware and precision that `machines` (the trials of a row) really ran on,
+        each value once, in order, joined by ", "; as it is when there are none (no trial got that far)."""
+        if not machines:
+            return self
+        return dataclasses.replace(self, hardware=", ".join(dict.fromkeys(m.hardware for m in machines)),
+                                   precision=", ".join(dict.fromkeys(m.precision for m in machines)))
+
+
+@dataclass(frozen=True)
+class RanOn:
+    """What a trial's worker computed on: the device (`harness.device.hardware`) and the resolved precision."""
+
+    hardware: str
+    precision: str
+
 
 @dataclass(frozen=True)
 class TrialResult:

@@ -24,7 +24,9 @@ from harness.plan import Cell, Plan, plan_cells, validate_plugins
 
 if TYPE_CHECKING:
     from harness.data.prepare import PreparedData
+    from harness.defend import DefendedWeights
     from harness.results import CellOrigin, Provenance
+    from harness.workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -126,39 +128,35 @@ def run_experiment(
 
 
 def start_ray(cfg: ExperimentConfig, address: str | None) -> None:
-    """Join the cluster at `address` (or the config's, or RAY_ADDRESS), else start a local instance of our own."""
+    """Join the cluster at `address` (or the config's, or RAY_ADDRESS), else start a local instance of our own; then
+    refuse the run if a defense training or a trial worker fits on none of its nodes (it would wait forever)."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     import optuna
     import ray
 
+    from harness.resources import check_requests, live_nodes, running_cluster
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     address = address or cfg.cluster.address or os.environ.get("RAY_ADDRESS")
+    hint = ""
     if ray.is_initialized():
-        return
-    if address:
+        where = "the connected Ray cluster"
+    elif address:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+        where = f"the Ray cluster at {address}"
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        # Looked for first: the instance started below is found there too.
+        running = running_cluster()
         # address="local": a new instance of our own. With no address, ray.init joins the latest instance another
         # process started on this machine, whose workers lack this process's environment (PYTHONPATH, plugins)
         # and die with it.
         ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
-        _check_fits(cfg, ray.cluster_resources())
-
-
-def _check_fits(cfg: ExperimentConfig, available: dict[str, float]) -> None:
-    """On a local instance, a trial that asks for more than the machine has would wait forever: refuse it instead.
-
-    (A remote cluster may autoscale to fit, so there Ray's own warning about infeasible requests has to do.)
-    """
-    asks = {"search.resources_per_trial": cfg.search.resources_per_trial,
-            "defense_training.resources": cfg.defense_training.resources}
-    for where, resources in asks.items():
-        for kind, wanted in (("cpu", resources.cpu), ("gpu", resources.gpu)):
-            have = available.get(kind.upper(), 0.0)
-            if wanted > have:
-                raise UserError(f"{where}.{kind}: asks for {wanted:g} but this machine's Ray instance has {have:g}")
+        where = "this machine's Ray instance"
+        if running:
+            hint = f"; a Ray cluster is running on this machine ({running}): to run on it, add --address auto"
+    check_requests(cfg, live_nodes(), where, hint)
 
 
 def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, started) -> RunSummary:
@@ -167,7 +165,6 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
 
     from harness.results import write_run_tables
     from harness.search import tune_dir
-    from harness.workers import WorkerPool
 
     start_ray(cfg, address)  # first: it may still refuse the config, and nothing is written yet
     _open_run_dir(cfg, run_dir)
@@ -176,7 +173,7 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
     todo = plan.todo
     summary = RunSummary(run_dir, 0, len(plan.cells) - len(todo), [], 0.0, pools=prepared.pools)
     seed_for = cfg.defense_training.seed_for
-    pool = WorkerPool(cfg.search.max_concurrent, cfg.search.resources_per_trial, cfg.search.fault_injection)
+    pool = None
     try:
         with Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -185,8 +182,15 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
             cells_bar = progress.add_task("cells", total=len(plan.cells), completed=summary.cells_skipped)
             trials_bar = progress.add_task("trials", total=len(todo) * plan.trials_per_cell)
             # Per-seed defenses: each cell seed attacks a defense trained with that seed (`seeding: shared`: seed 0).
-            for defense_name, defense_seed in dict.fromkeys((c.defense, seed_for(c.seed)) for c in todo):
-                defended = _defend(cfg, defense_name, defense_seed, prepared, attacks, stamp, progress)
+            # All are trained (or found) before the trial workers start: the workers hold their resources for the
+            # whole run, and a training waiting for a GPU they hold would wait forever.
+            trained = {key: _train(cfg, *key, prepared, progress)
+                       for key in dict.fromkeys((c.defense, seed_for(c.seed)) for c in todo)}
+            pool = _start_pool(cfg)
+            for defense_name, defense_seed in list(trained):
+                # Popped: the object store lets go of the weights once their cells are done.
+                outcome = trained.pop((defense_name, defense_seed))
+                defended = _defended(cfg, defense_name, defense_seed, outcome, prepared, attacks, stamp, pool)
                 for cell in [c for c in todo if c.defense == defense_name and seed_for(c.seed) == defense_seed]:
                     progress.update(trials_bar, description=f"trials {cell.cell_id}")
                     status = _attack_cell(cfg, cell, defended, prepared, attacks, pool, storage, resume, run_dir,
@@ -196,7 +200,8 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
                         summary.failed.append(cell.cell_id)
                     progress.advance(cells_bar)
     finally:
-        pool.shutdown()
+        if pool is not None:
+            pool.shutdown()
     summary.tables = write_run_tables(run_dir)
     summary.seconds = time.perf_counter() - started
     return summary
@@ -216,15 +221,16 @@ def _open_run_dir(cfg: ExperimentConfig, run_dir: Path) -> None:
 
 
 def run_provenance(cfg: ExperimentConfig, prepared: PreparedData) -> Provenance:
-    """What every row of this run records about the code, libraries, model, data and machine that produced it."""
-    from harness.defend import training_device
+    """What every row of this run records about the code, libraries, model, data and machine that produced it.
+
+    Its hardware and precision are the driver's (its CPU); a row of trials replaces them with what its trials' workers
+    ran on (`Provenance.ran_on`), so only a row without a trial that reported back keeps them."""
     from harness.models import base_fingerprint, model_id
     from harness.provenance import provenance
     from harness.training import resolve_precision
 
     return provenance(
-        # Resolved on this machine's device, as the workers and defense tasks of a homogeneous cluster resolve it.
-        precision=resolve_precision(cfg.model.precision, training_device()),
+        precision=resolve_precision(cfg.model.precision, "cpu"),
         experiment=cfg.experiment,
         config_hash=cfg.content_hash(),
         model_id=model_id(cfg.model),
@@ -245,21 +251,50 @@ class Defended:
     provenance: Provenance
 
 
-def _defend(cfg, defense_name, defense_seed, prepared, attacks, stamp, progress) -> Defended:
-    """Train the defense with this seed as a Ray task (or find it in the cache) and load it for its cells."""
+@dataclass(frozen=True)
+class Trained:
+    """A defense training's outcome on the driver: what the cache holds, and the weights in Ray's object store."""
+
+    weights: DefendedWeights
+    state: Any  # ObjectRef of the state dict, from the training's node
+
+
+def _train(cfg, defense_name, defense_seed, prepared, progress) -> Trained:
+    """Train the defense with this seed as a Ray task with the config's resources (or find it in the cache)."""
     import ray
 
-    from harness.defend import cache_root, load_defended, make_defense, train_defense
+    from harness.defend import defense_task
+    from harness.resources import task_options
+
+    spec = next(d for d in cfg.defenses if d.cell_name == defense_name)
+    task = ray.remote(num_returns=2, **task_options(cfg.defense_training.resources))(defense_task)
+    weights_ref, state_ref = task.remote(cfg, spec, prepared.defense_train, prepared.fingerprint, defense_seed)
+    weights = ray.get(weights_ref)
+    how = "cached" if weights.cached else f"trained in {weights.train_seconds:.0f}s"
+    progress.console.log(f"defense {defense_name} (seed {defense_seed}): {how} ({weights.path})")
+    return Trained(weights, state_ref)
+
+
+def _start_pool(cfg: ExperimentConfig) -> WorkerPool:
+    """The trial workers, as many as the cluster holds at once (at most `search.max_concurrent`)."""
+    from harness.resources import live_nodes, pool_size
+    from harness.workers import WorkerPool
+
+    size = pool_size(cfg, live_nodes())
+    if size == 0:  # checked at the start; the nodes that had room have left since
+        raise RuntimeError(f"no node of the Ray cluster has room for a trial worker "
+                           f"(search.resources_per_trial {cfg.search.resources_per_trial})")
+    return WorkerPool(size, cfg.search.resources_per_trial, cfg.search.fault_injection)
+
+
+def _defended(cfg, defense_name, defense_seed, trained, prepared, attacks, stamp, pool) -> Defended:
+    """A trained defense, ready for its cells: its weights on the driver, its features from the pool."""
+    import ray
+
+    from harness.defend import make_defense
     from harness.results import CellOrigin
 
     spec = next(d for d in cfg.defenses if d.cell_name == defense_name)
-    resources = cfg.defense_training.resources
-    task = ray.remote(train_defense).options(num_cpus=resources.cpu, num_gpus=resources.gpu)
-    weights = ray.get(task.remote(cfg, spec, prepared.defense_train, prepared.fingerprint, defense_seed,
-                                  cache_root(cfg)))
-    how = "cached" if weights.cached else f"trained in {weights.train_seconds:.0f}s"
-    progress.console.log(f"defense {defense_name} (seed {defense_seed}): {how} ({weights.path})")
-    state = load_defended(weights)
     origin = CellOrigin(
         defense_seed=defense_seed,
         defense_seeding=cfg.defense_training.seeding,
@@ -269,8 +304,9 @@ def _defend(cfg, defense_name, defense_seed, prepared, attacks, stamp, progress)
         test_pool=prepared.pools["test"].label,
         validation_rows=len(prepared.val),
     )
-    features = _feature_cache(cfg, state, attacks, prepared)
-    return Defended(state, features, origin, dataclasses.replace(stamp, defense_fingerprint=weights.fingerprint))
+    features = _feature_cache(cfg, trained.state, attacks, prepared, pool)
+    provenance = dataclasses.replace(stamp, defense_fingerprint=trained.weights.fingerprint)
+    return Defended(ray.get(trained.state), features, origin, provenance)
 
 
 def _attack_cell(cfg, cell, defended, prepared, attacks, pool, storage, resume, run_dir, on_trial) -> str:
@@ -291,11 +327,14 @@ def _attack_cell(cfg, cell, defended, prepared, attacks, pool, storage, resume, 
     features = defended.features(cell, rows) if attack.needs_features() else None
     payload = CellPayload(cfg.model, defended.state, data, features, attack, cfg.search.eval_every,
                           cfg.search.resources_per_trial.cpu)
-    trials, result, curves = run_cell(cfg, cell, payload, pool=pool, storage=storage, resume=resume,
-                                      on_trial=on_trial)
+    trials, result, curves, ran_on = run_cell(cfg, cell, payload, pool=pool, storage=storage, resume=resume,
+                                              on_trial=on_trial)
     key = CellKey(cell.defense, cell.attack, cell.task, cell.budget, cell.seed, cell.cell_id, cell.task_role)
-    write_cell(run_dir, [TrialRow(key, t, defended.origin, defended.provenance) for t in trials],
-               CellRow(key, result, defended.origin, defended.provenance), [CurveRow(key, p) for p in curves])
+    stamp = defended.provenance
+    trial_rows = [TrialRow(key, t, defended.origin, stamp.ran_on([ran_on[t.trial_id]] if t.trial_id in ran_on else []))
+                  for t in trials]
+    write_cell(run_dir, trial_rows, CellRow(key, result, defended.origin, stamp.ran_on(list(ran_on.values()))),
+               [CurveRow(key, p) for p in curves])
     discard_search(storage, cell)  # recorded: nothing left to resume (a failed cell starts afresh)
     # The cells table stays current while a run goes on; the curves table, which grows with every check of every
     # trial, is rebuilt once at the end (`write_run_tables`), not after each cell.
@@ -303,29 +342,28 @@ def _attack_cell(cfg, cell, defended, prepared, attacks, pool, storage, resume, 
     return result.status
 
 
-def _feature_cache(cfg: ExperimentConfig, state: dict, attacks: dict[str, Any], prepared: PreparedData):
-    """Frozen features of the defended encoder: val/test once per defended model, budget rows once per (task, seed)."""
+def _feature_cache(cfg: ExperimentConfig, state: Any, attacks: dict[str, Any], prepared: PreparedData, pool: Any):
+    """Frozen features of the defended encoder (`state`: its object reference), computed by a trial worker, on its
+    device at its precision: val/test once per defended model, budget rows once per (task, seed), on first use."""
     if not any(a.needs_features() for a in attacks.values()):
         return lambda cell, rows: None
-    from harness.classifier import Classifier
-    from harness.models import build_encoder
-    from harness.training import Features, encode, resolve_precision
+    from harness.training import Features
 
-    # The features are encoded here, on the CPU, at the precision the config resolves to on it.
-    precision = resolve_precision(cfg.model.precision, "cpu")
-    model = Classifier(build_encoder(cfg.model, pretrained=False), 2, cfg.model.pooling, precision)
-    model.encoder.load_state_dict(state)
-    val = encode(model, prepared.val)
-    test = val if prepared.test is prepared.val else encode(model, prepared.test)
+    held_out: list[Any] = []  # [val, test], once computed
     train_cache: dict[tuple[str, int], tuple[np.ndarray, Any]] = {}
 
     def features(cell: Cell, rows: np.ndarray) -> Features:
+        if not held_out:
+            splits = [prepared.val] if prepared.test is prepared.val else [prepared.val, prepared.test]
+            encoded = pool.encode(cfg.model, state, splits)
+            held_out.extend([encoded[0], encoded[-1]])
         key = (cell.task, cell.seed)
         if key not in train_cache:
             largest = prepared.budget_rows[key][max(prepared.budget_rows[key])]
-            train_cache[key] = (largest, encode(model, prepared.attack_pool.subset(largest)))
+            [feats] = pool.encode(cfg.model, state, [prepared.attack_pool.subset(largest)])
+            train_cache[key] = (largest, feats)
         largest, feats = train_cache[key]
         position = {int(r): i for i, r in enumerate(largest)}
-        return Features(feats[[position[int(r)] for r in rows]], val, test)
+        return Features(feats[[position[int(r)] for r in rows]], *held_out)
 
     return features

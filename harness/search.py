@@ -31,11 +31,11 @@ from ray.tune.search.optuna import OptunaSearch
 
 from harness.config import ExperimentConfig, SearchConfig
 from harness.plan import Cell, max_steps
-from harness.results import CellResult, CurvePoint, TrialResult
+from harness.results import CellResult, CurvePoint, RanOn, TrialResult
 from harness.plugins import Attack
 from harness.space import Fixed, IntRange, LogUniform, Space, Uniform, to_tune
 from harness.tracking import tracking_callbacks
-from harness.trial import CHECK, FINAL, METRIC, config_json, derive_seed, proxy_trial, trial_seed
+from harness.trial import CHECK, FINAL, METRIC, PROXY_RESOURCES, config_json, derive_seed, proxy_trial, trial_seed
 from harness.workers import CellPayload, WorkerPool
 
 log = logging.getLogger(__name__)
@@ -139,17 +139,17 @@ def run_cell(
     storage: str,
     resume: bool,
     on_trial: Callable[[], None] = lambda: None,
-) -> tuple[list[TrialResult], CellResult, list[CurvePoint]]:
-    """Search, rerun and score one cell: its trials', its own results and its curves (the runner adds key, origin,
-    provenance)."""
+) -> tuple[list[TrialResult], CellResult, list[CurvePoint], dict[str, RanOn]]:
+    """Search, rerun and score one cell: its trials', its own results, its curves, and what each trial that reported
+    back ran on, by trial id (the runner adds key, origin, provenance)."""
     started = time.perf_counter()
     search = cfg.search
     holder = [ray.put(payload)]
-    # The proxies reserve the trial's CPUs in Tune's accounting; the pool's workers hold the GPUs.
+    # The pool's workers hold the trial's resources; a proxy only waits for its worker.
     trainable = tune.with_resources(
         tune.with_parameters(proxy_trial, holder=holder, cell_seed=cell.seed, workers=pool.queue,
                              replace_worker=pool.replacement_factory()),
-        {"cpu": search.resources_per_trial.cpu},
+        PROXY_RESOURCES,
     )
     space = payload.attack.space
     fixed = {k: v.value for k, v in space.items() if isinstance(v, Fixed)}
@@ -189,11 +189,14 @@ def run_cell(
     rows: list[TrialResult] = []
     configs: list[dict[str, Any]] = []
     curves: list[CurvePoint] = []
+    ran_on: dict[str, RanOn] = {}
     for result in grid:
         metrics = result.metrics or {}
         config = {k: v for k, v in (result.config or {}).items()}
         trial_id = metrics.get("trial_id") or Path(result.path).name
         ok = result.error is None and bool(metrics.get(FINAL))
+        if ok and "hardware" in metrics:  # not in the results of a search restored from an older version
+            ran_on[trial_id] = RanOn(metrics["hardware"], metrics["precision"])
         # No error and no final result: cut short by ASHA, or by the plateau stop ending the search. Its validation
         # accuracy is its best check before the cut, its steps those its worker ran; selection never picks it.
         status = "ok" if ok else ("error" if result.error is not None else "stopped")
@@ -218,7 +221,7 @@ def run_cell(
     counts = {"selection": search.selection, "n_trials": len(rows), "n_failed": sum(r.status == "error" for r in rows)}
     if not good:
         return rows, CellResult(status="failed", n_reruns=0, wall_seconds=time.perf_counter() - started,
-                                **counts), curves
+                                **counts), curves, ran_on
     # Ties go to the earliest trial, so selection does not depend on the order results came back in.
     best_index = max(good, key=lambda i: (rows[i].val_accuracy, -i))
     best = rows[best_index]
@@ -231,6 +234,7 @@ def run_cell(
     for i, (seed, outcome) in enumerate(zip(seeds, outcomes)):
         ok = isinstance(outcome, dict)
         if ok:
+            ran_on[f"rerun-{i}"] = RanOn(outcome["hardware"], outcome["precision"])
             curves += [CurvePoint(f"rerun-{i}", "rerun", step, split, accuracy)
                        for split, key in (("validation", "val_curve"), ("test", "test_curve"))
                        for step, accuracy in outcome.get(key, [])]
@@ -261,7 +265,7 @@ def run_cell(
         test_accuracy_std=(statistics.stdev(tests) if len(tests) > 1 else 0.0) if complete else None,
         **diagnostics,
         **counts,
-    ), curves
+    ), curves, ran_on
 
 
 # -- search diagnostics: did the attacker's search converge? -------------------------------------------------------

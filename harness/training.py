@@ -78,19 +78,23 @@ def resolve_precision(
     cuda_bf16: bool | None = None,
 ) -> Resolved:
     """The precision a model runs at on `device`: `auto` is bf16 where the device computes bf16 natively (a CPU with
-    AVX512-BF16 or AMX, a CUDA device that supports bf16), else fp32; `bf16` and `fp32` are taken as they are.
+    AVX512-BF16 or AMX, a CUDA device that supports bf16), else fp32; `fp32` is taken as it is, and so is `bf16`
+    except on a CUDA device without bf16 (before Ampere), which runs fp32 (the rows record what ran).
 
     bf16 means autocast around forward passes (matmuls in bf16, master weights, gradients, losses and optimizer
     states in float32). `flags` (CPU flags) and `cuda_bf16` default to this machine's; tests pass them.
     """
-    if requested in ("bf16", "fp32"):
-        return requested  # type: ignore[return-value]
-    if requested != "auto":
+    if requested not in ("auto", "bf16", "fp32"):
         raise ValueError(f"precision {requested!r}: expected auto, bf16 or fp32")
+    if requested == "fp32":
+        return "fp32"
     kind = torch.device(device).type
     if kind == "cuda":
-        supported = torch.cuda.is_bf16_supported() if cuda_bf16 is None else cuda_bf16
+        # Native bf16 only: emulated bf16 is slower than float32.
+        supported = torch.cuda.is_bf16_supported(including_emulation=False) if cuda_bf16 is None else cuda_bf16
         return "bf16" if supported else "fp32"
+    if requested == "bf16":
+        return "bf16"
     if kind == "cpu":
         have = cpu_flags() if flags is None else frozenset(flags)
         return "bf16" if have & BF16_CPU_FLAGS else "fp32"
@@ -217,45 +221,51 @@ def fit(
         return accuracy(model, val, label)
 
     optimizer = torch_optimizer(params, setting)
-    history: list[tuple[int, float]] = []
-    test_history: list[tuple[int, float]] = []
-    best_acc, best_step, best_weights, stale = -1.0, 0, None, 0
-    steps_run = 0
-    for step in range(setting.steps):
-        loss = batch_loss(sample_batch(len(train), setting.batch_size, generator))
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise NonFiniteLoss(f"loss is {value} at step {step} (lr {setting.lr:g})")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        for group in optimizer.param_groups:
-            group["lr"] = setting.lr * lr_at(setting, step)
-        optimizer.step()
-        steps_run = step + 1
-        if on_step is not None:
-            on_step(steps_run, value)
-        if eval_every and val is not None and (steps_run % eval_every == 0 or steps_run == setting.steps):
-            acc = val_accuracy()
-            history.append((steps_run, acc))
+    try:
+        history: list[tuple[int, float]] = []
+        test_history: list[tuple[int, float]] = []
+        best_acc, best_step, best_weights, stale = -1.0, 0, None, 0
+        steps_run = 0
+        for step in range(setting.steps):
+            loss = batch_loss(sample_batch(len(train), setting.batch_size, generator))
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise NonFiniteLoss(f"loss is {value} at step {step} (lr {setting.lr:g})")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            for group in optimizer.param_groups:
+                group["lr"] = setting.lr * lr_at(setting, step)
+            optimizer.step()
+            steps_run = step + 1
+            if on_step is not None:
+                on_step(steps_run, value)
+            if eval_every and val is not None and (steps_run % eval_every == 0 or steps_run == setting.steps):
+                acc = val_accuracy()
+                history.append((steps_run, acc))
+                if test_accuracy is not None:
+                    test_history.append((steps_run, test_accuracy()))
+                if on_eval is not None:
+                    on_eval(steps_run, acc)
+                if acc > best_acc:
+                    best_acc, best_step, stale = acc, steps_run, 0
+                    best_weights = [p.detach().clone() for p in params]
+                else:
+                    stale += 1
+                    if stale >= patience:
+                        break
+        if best_weights is not None:
+            with torch.no_grad():
+                for p, q in zip(params, best_weights):
+                    p.copy_(q)
+            return FitResult(best_acc, best_step, steps_run, history, test_history)
+        final = val_accuracy() if val is not None else None
+        if final is not None:
+            history.append((steps_run, final))
             if test_accuracy is not None:
                 test_history.append((steps_run, test_accuracy()))
-            if on_eval is not None:
-                on_eval(steps_run, acc)
-            if acc > best_acc:
-                best_acc, best_step, stale = acc, steps_run, 0
-                best_weights = [p.detach().clone() for p in params]
-            else:
-                stale += 1
-                if stale >= patience:
-                    break
-    if best_weights is not None:
-        with torch.no_grad():
-            for p, q in zip(params, best_weights):
-                p.copy_(q)
-        return FitResult(best_acc, best_step, steps_run, history, test_history)
-    final = val_accuracy() if val is not None else None
-    if final is not None:
-        history.append((steps_run, final))
-        if test_accuracy is not None:
-            test_history.append((steps_run, test_accuracy()))
-    return FitResult(final, steps_run, steps_run, history, test_history)
+        return FitResult(final, steps_run, steps_run, history, test_history)
+    finally:
+        # A worker keeps its model for the cell's later trials: the last step's gradients (a full fine-tune's are
+        # the size of the model) must not stay with it, e.g. through later probe trials that never touch them.
+        for p in model.parameters():
+            p.grad = None

@@ -3,7 +3,8 @@
 Tune starts fresh trial actors for every cell's Tuner. Importing torch and transformers in each of them would cost
 seconds per cell on a laptop, so this module imports nothing heavy: the work runs in `harness.workers.AttackWorker`
 actors that live for the whole run, keep their imports and cache the cell's payload from the object store. Tune still
-schedules, stops, retries and records every trial; CPUs are reserved by these proxies, GPUs by the workers.
+schedules, stops, retries and records every trial; the workers reserve the trial's CPUs and GPUs, where they compute,
+and a proxy, which only waits, reserves nothing but its process's memory (`PROXY_RESOURCES`).
 
 A trial reports every validation check its worker publishes (the best accuracy so far, at that training step, and
 the check's own accuracy for the curves table), so a scheduler such as ASHA can stop it on any of them, then a last
@@ -23,6 +24,8 @@ from ray import tune
 from ray.exceptions import ActorDiedError, ActorUnavailableError, ActorUnschedulableError
 
 METRIC = "val_accuracy"
+# Tune needs a trial to reserve something: a proxy's process takes about this much memory (Ray, Tune, no torch).
+PROXY_RESOURCES = {"cpu": 0, "memory": 200 * 2**20}
 FINAL = "final"  # set on a trial's last result only: a trial without it was cut short
 CHECK = "check_accuracy"  # a validation check's accuracy, on the trial's intermediate results only
 # A worker that died, or that can never start (its node is gone): the trial fails and the pool replaces the worker.
@@ -65,4 +68,5 @@ def proxy_trial(config: dict[str, Any], holder: list, cell_seed: int, workers: A
         return  # the search stopped this trial while it was still running: nothing more to report
     tune.report({METRIC: result["val_accuracy"], "step": result["steps_run"], FINAL: True,
                  "steps_run": result["steps_run"], "best_step": result["best_step"], "trial_seed": seed,
-                 "compute_seconds": result["seconds"], "node_id": result["node_id"]})
+                 "compute_seconds": result["seconds"], "node_id": result["node_id"],
+                 "hardware": result["hardware"], "precision": result["precision"]})

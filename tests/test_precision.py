@@ -33,7 +33,8 @@ CPU = torch.device("cpu")
     [
         ("fp32", "cpu", {"avx512_bf16"}, None, "fp32"),  # explicit settings are taken as they are
         ("bf16", "cpu", set(), None, "bf16"),
-        ("bf16", "cuda", None, False, "bf16"),
+        ("bf16", "cuda", None, True, "bf16"),
+        ("bf16", "cuda", None, False, "fp32"),  # a GPU without native bf16 (before Ampere) runs fp32
         ("auto", "cpu", {"avx512f", "avx512_bf16"}, None, "bf16"),  # AVX512-BF16
         ("auto", "cpu", {"amx_tile", "amx_bf16"}, None, "bf16"),  # AMX
         ("auto", "cpu", {"avx512f", "avx2"}, None, "fp32"),  # no native bf16: oneDNN would emulate it, slower
@@ -191,7 +192,6 @@ def test_config_hash_keeps_auto_out_and_explicit_settings_in() -> None:
 
 
 def test_provenance_records_the_resolved_precision() -> None:
-    from harness.defend import training_device
     from harness.runner import run_provenance
 
     assert "precision" in TRIAL_SCHEMA.names and "precision" in CELL_SCHEMA.names
@@ -199,4 +199,5 @@ def test_provenance_records_the_resolved_precision() -> None:
     for requested in ("auto", "bf16", "fp32"):
         cfg = load_config(SMOKE, [f"model.precision={requested}"])
         stamp = run_provenance(cfg, prepared)
-        assert stamp.precision == resolve_precision(requested, training_device())
+        # The driver's; rows of trials record their workers' (tests/test_gpu_ready.py).
+        assert stamp.precision == resolve_precision(requested, CPU)
