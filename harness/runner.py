@@ -20,7 +20,7 @@ import numpy as np
 
 from harness.config import ExperimentConfig
 from harness.errors import UserError
-from harness.plan import Cell, Plan, plan_cells, validate_plugins
+from harness.plan import Cell, plan_cells, validate_plugins
 
 if TYPE_CHECKING:
     from harness.data.prepare import PreparedData
@@ -88,25 +88,21 @@ def run_experiment(
     origin: str,
     address: str | None = None,
     resume: bool = False,
-    dry_run: bool = False,
     console=None,
-) -> RunSummary | Plan:
-    from rich.console import Console
+) -> RunSummary:
+    from harness.console import make_console
 
-    console = console or Console(stderr=True)
+    console = console or make_console(stderr=True)
     started = time.perf_counter()
     run_dir = cfg.run_dir()
     attacks = validate_plugins(cfg, origin)
     check_run_dir(cfg, run_dir)
-    plan = plan_cells(cfg, run_dir)
     from harness.data.prepare import prepare_data
 
     prepared = prepare_data(cfg)  # validates data, pools and budgets before anything is written
     from harness.models import base_fingerprint
 
     base_fingerprint(cfg.model)  # loads the base weights (cached for the run): a model that cannot load fails here
-    if dry_run:
-        return plan
     _writable(run_dir)
     from harness.lock import RunLock
 
@@ -127,23 +123,29 @@ def run_experiment(
 
 def start_ray(cfg: ExperimentConfig, address: str | None) -> None:
     """Join the cluster at `address` (or the config's, or RAY_ADDRESS), else start a local instance of our own."""
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    from harness.console import quiet_libraries, quiet_process
+
+    quiet_process()
     import optuna
     import ray
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    quiet_libraries()
 
     address = address or cfg.cluster.address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():
         return
+    # Every worker process, on every node, sets the same quiet before its first task.
+    options = {"logging_level": logging.WARNING, "log_to_driver": True,
+               "runtime_env": {"worker_process_setup_hook": "harness.console.quiet_worker"}}
     if address:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+        ray.init(address=address, **options)
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         # address="local": a new instance of our own. With no address, ray.init joins the latest instance another
         # process started on this machine, whose workers lack this process's environment (PYTHONPATH, plugins)
         # and die with it.
-        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+        ray.init(address="local", include_dashboard=False, **options)
         _check_fits(cfg, ray.cluster_resources())
 
 
@@ -165,6 +167,10 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
     """Train (or find) each defense a cell still needs, then search every unfinished cell against it."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    import ray
+
+    from harness.console import TrialsBar
+    from harness.progress import ProgressBoard
     from harness.results import write_run_tables
     from harness.search import tune_dir
     from harness.workers import WorkerPool
@@ -177,26 +183,30 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
     summary = RunSummary(run_dir, 0, len(plan.cells) - len(todo), [], 0.0, pools=prepared.pools)
     seed_for = cfg.defense_training.seed_for
     pool = WorkerPool(cfg.search.max_concurrent, cfg.search.resources_per_trial, cfg.search.fault_injection)
+    board = ProgressBoard.remote()
     try:
         with Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             console=console, transient=False,
         ) as progress:
             cells_bar = progress.add_task("cells", total=len(plan.cells), completed=summary.cells_skipped)
-            trials_bar = progress.add_task("trials", total=len(todo) * plan.trials_per_cell)
+            # At most trials_per_cell a cell; a plateau stop uses fewer, and the bar's end moves in to match.
+            trials = TrialsBar(progress, len(todo) * plan.trials_per_cell)
             # Per-seed defenses: each cell seed attacks a defense trained with that seed (`seeding: shared`: seed 0).
             for defense_name, defense_seed in dict.fromkeys((c.defense, seed_for(c.seed)) for c in todo):
-                defended = _defend(cfg, defense_name, defense_seed, prepared, attacks, stamp, progress)
+                defended = _defend(cfg, defense_name, defense_seed, prepared, attacks, stamp, progress, board)
                 for cell in [c for c in todo if c.defense == defense_name and seed_for(c.seed) == defense_seed]:
-                    progress.update(trials_bar, description=f"trials {cell.cell_id}")
+                    trials.start(cell.cell_id)
                     status = _attack_cell(cfg, cell, defended, prepared, attacks, pool, storage, resume, run_dir,
-                                          on_trial=lambda: progress.advance(trials_bar))
+                                          on_trial=trials.advance)
+                    trials.end(plan.trials_per_cell)
                     summary.cells_run += 1
                     if status != "ok":
                         summary.failed.append(cell.cell_id)
                     progress.advance(cells_bar)
     finally:
         pool.shutdown()
+        ray.kill(board)
     summary.tables = write_run_tables(run_dir)
     summary.seconds = time.perf_counter() - started
     return summary
@@ -245,20 +255,27 @@ class Defended:
     provenance: Provenance
 
 
-def _defend(cfg, defense_name, defense_seed, prepared, attacks, stamp, progress) -> Defended:
-    """Train the defense with this seed as a Ray task (or find it in the cache) and load it for its cells."""
+def _defend(cfg, defense_name, defense_seed, prepared, attacks, stamp, progress, board) -> Defended:
+    """Train the defense with this seed as a Ray task (or find it in the cache) and load it for its cells; the
+    training's steps move a bar on the driver's display."""
     import ray
 
+    from harness.console import StepBar
     from harness.defend import cache_root, load_defended, make_defense, train_defense
+    from harness.progress import BoardReporter, get_reporting
     from harness.results import CellOrigin
 
     spec = next(d for d in cfg.defenses if d.cell_name == defense_name)
     resources = cfg.defense_training.resources
     task = ray.remote(train_defense).options(num_cpus=resources.cpu, num_gpus=resources.gpu)
-    weights = ray.get(task.remote(cfg, spec, prepared.defense_train, prepared.fingerprint, defense_seed,
-                                  cache_root(cfg)))
+    key = f"{defense_name}/{defense_seed}"
+    bar = StepBar(progress, f"defense {defense_name} (seed {defense_seed})", make_defense(spec, "config").total_steps())
+    ref = task.remote(cfg, spec, prepared.defense_train, prepared.fingerprint, defense_seed, cache_root(cfg),
+                      BoardReporter(board, key))
+    weights = get_reporting(ref, board, key, bar)
+    bar.finish()
     how = "cached" if weights.cached else f"trained in {weights.train_seconds:.0f}s"
-    progress.console.log(f"defense {defense_name} (seed {defense_seed}): {how} ({weights.path})")
+    progress.console.print(f"defense {defense_name} (seed {defense_seed}): {how} ({weights.path})")
     state = load_defended(weights)
     origin = CellOrigin(
         defense_seed=defense_seed,
