@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperCommand
 
 from harness.errors import UserError
 
@@ -37,6 +39,15 @@ def _options(
     ] = False,
 ) -> None:
     """sdm-bench: do self-destructing models resist harmful fine-tuning?"""
+
+class ReadableHelp(TyperCommand):
+    """typer labels an argument of many values `<list[Path]>` whatever its metavar: say `<path>...`, as click does."""
+
+    def format_help(self, ctx, formatter) -> None:  # noqa: ANN001 - click's signature
+        own = type(formatter)(width=formatter.width, max_width=formatter.width)
+        super().format_help(ctx, own)
+        formatter.write(re.sub(r"<list\[(\w+)\]>", lambda m: f"<{m.group(1).lower()}>...", own.getvalue()))
+
 
 ConfigArg = Annotated[Path, typer.Argument(metavar="CONFIG", help="experiment YAML config")]
 SetOpt = Annotated[
@@ -198,7 +209,7 @@ def defend(
     typer.echo(str(weights.path))
 
 
-@app.command()
+@app.command(cls=ReadableHelp)
 def leaderboard(
     run_dirs: Annotated[list[Path], typer.Argument(metavar="RUN_DIR", help="run directories to merge")],
     out: Annotated[

@@ -108,7 +108,8 @@ def print_wide(console: Console, renderable: RenderableType) -> None:
     """Print a table whole: on a terminal at its width (rich fits it); elsewhere at the table's natural width, never
     cut to rich's default of 80 columns."""
     if not console.is_terminal:
-        console.width = max(console.width, console.measure(renderable).maximum)
+        wide = console.options.update_width(10_000)  # measured unconstrained (rich clamps to the console's width)
+        console.width = max(console.width, console.measure(renderable, options=wide).maximum)
     console.print(renderable, soft_wrap=False)
 
 
