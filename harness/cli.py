@@ -192,13 +192,10 @@ def defend(
         raise UserError(f"{config}: no defense '{defense}' in this config{did_you_mean(defense, specs)}")
     prepared = prepare_data(cfg)
     defense_seed = cfg.defense_training.seed_for(cfg.seeds[0] if seed is None else seed)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from harness.console import StepBar, make_console, quiet_libraries
+    from harness.console import StepBar, make_console, make_progress, quiet_libraries
 
     quiet_libraries()
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=make_console(stderr=True)) as progress:
+    with make_progress(make_console(stderr=True)) as progress:
         bar = StepBar(progress, f"defense {defense} (seed {defense_seed})", make_defense(specs[defense], "config")
                       .total_steps())
         weights = train_defense(cfg, specs[defense], prepared.defense_train, prepared.fingerprint, defense_seed,

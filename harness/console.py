@@ -24,7 +24,6 @@ QUIET_ENV = {
     "TRANSFORMERS_VERBOSITY": "error",
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
     "DATASETS_VERBOSITY": "error",
-    "TOKENIZERS_PARALLELISM": "false",  # else the tokenizers library warns when a Ray worker forks
     "RAY_AIR_NEW_OUTPUT": "0",  # Tune's console reporter, which `verbose=0` then silences
 }
 # Packages whose loggers get our handler; a library keeps its own (huggingface_hub, transformers and Ray each attach
@@ -35,15 +34,15 @@ LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 # before its first validation check. The runner records such a trial itself (status `stopped`), so the warning says
 # nothing a user can act on.
 TUNE_RESULTS_LOGGER = "ray.tune.analysis.experiment_analysis"
+PLAIN_WIDTH = 160  # columns of a console that is not a terminal
 
 
-def quiet_process(interactive: bool | None = None) -> None:
+def quiet_process() -> None:
     """Set the quiet environment in this process (never overriding a user's own setting), before the libraries are
-    imported. `interactive`: whether stderr is a terminal (default: ask it); Ray colours the worker lines it forwards
-    only on one."""
+    imported. Ray colours the worker lines it forwards only when stdout and stderr are both terminals."""
     for name, value in QUIET_ENV.items():
         os.environ.setdefault(name, value)
-    if not (sys.stderr.isatty() if interactive is None else interactive):
+    if not (sys.stdout.isatty() and sys.stderr.isatty()):
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
 
 
@@ -64,8 +63,7 @@ def quiet_libraries() -> None:
 
 def quiet_worker() -> None:
     """Ray's `worker_process_setup_hook`: run once in every worker process, on every node, before its first task."""
-    os.environ.update(QUIET_ENV)
-    os.environ["RAY_COLOR_PREFIX"] = os.environ.get("RAY_COLOR_PREFIX", "0")
+    quiet_process()
     quiet_libraries()
     sys.unraisablehook = exit_on_unraisable_exit
 
@@ -101,7 +99,9 @@ def make_console(*, stderr: bool = False) -> Console:
     stream = sys.stderr if stderr else sys.stdout
     if stream.isatty():
         return Console(stderr=stderr)
-    return Console(stderr=stderr, soft_wrap=True, no_color=True, highlight=False, color_system=None)
+    # A fixed width, wider than rich's default of 80, so a progress line keeps its bar and its elapsed time.
+    return Console(stderr=stderr, soft_wrap=True, no_color=True, highlight=False, color_system=None,
+                   width=PLAIN_WIDTH)
 
 
 def print_wide(console: Console, renderable: RenderableType) -> None:
@@ -111,6 +111,14 @@ def print_wide(console: Console, renderable: RenderableType) -> None:
         wide = console.options.update_width(10_000)  # measured unconstrained (rich clamps to the console's width)
         console.width = max(console.width, console.measure(renderable, options=wide).maximum)
     console.print(renderable, soft_wrap=False)
+
+
+def make_progress(console: Console) -> Progress:
+    """The progress display of a long command: one line per bar (what, bar, done of total, time so far)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=False)
 
 
 class StepBar:

@@ -165,11 +165,9 @@ def _check_fits(cfg: ExperimentConfig, available: dict[str, float]) -> None:
 
 def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, started) -> RunSummary:
     """Train (or find) each defense a cell still needs, then search every unfinished cell against it."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     import ray
 
-    from harness.console import TrialsBar
+    from harness.console import TrialsBar, make_progress
     from harness.progress import ProgressBoard
     from harness.results import write_run_tables
     from harness.search import tune_dir
@@ -185,10 +183,7 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
     pool = WorkerPool(cfg.search.max_concurrent, cfg.search.resources_per_trial, cfg.search.fault_injection)
     board = ProgressBoard.remote()
     try:
-        with Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=console, transient=False,
-        ) as progress:
+        with make_progress(console) as progress:
             cells_bar = progress.add_task("cells", total=len(plan.cells), completed=summary.cells_skipped)
             # At most trials_per_cell a cell; a plateau stop uses fewer, and the bar's end moves in to match.
             trials = TrialsBar(progress, len(todo) * plan.trials_per_cell)

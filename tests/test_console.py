@@ -104,6 +104,12 @@ def test_trials_bar_total_shrinks_by_the_trials_a_cell_did_not_use():
     assert task.completed == task.total == 21
 
 
+def python(script: str) -> subprocess.CompletedProcess:
+    """Run `script` in a fresh interpreter that imports this checkout."""
+    return subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
 def test_a_worker_told_to_stop_inside_a_gc_callback_exits_quietly():
     """Ray's SIGTERM handler raises SystemExit wherever the worker's main thread is; inside a garbage-collection
     callback Python cannot raise it, prints "Exception ignored ... SystemExit" and carries on."""
@@ -118,8 +124,7 @@ def test_a_worker_told_to_stop_inside_a_gc_callback_exits_quietly():
         "gc.collect()\n"
         "print('carried on')\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    result = python(script)
     assert result.returncode == 3
     assert result.stdout == "" and result.stderr == ""
 
@@ -134,8 +139,7 @@ def test_other_unraisable_errors_are_still_reported():
         "Broken()\n"
         "print('carried on')\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    result = python(script)
     assert result.returncode == 0 and "carried on" in result.stdout and "broken finaliser" in result.stderr
 
 
@@ -150,7 +154,6 @@ def test_the_cli_logs_each_record_once():
         "lib.warning('from the library')\n"
         "logging.getLogger('harness.runner').warning('from us')\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    result = python(script)
     assert result.stderr.count("from the library") == 1
     assert result.stderr.count("from us") == 1 and "harness.runner: from us" in result.stderr
