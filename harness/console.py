@@ -25,6 +25,9 @@ QUIET_ENV = {
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
     "DATASETS_VERBOSITY": "error",
     "RAY_AIR_NEW_OUTPUT": "0",  # Tune's console reporter, which `verbose=0` then silences
+    # Tune warns when one of its own bookkeeping steps takes over 0.5 s, as it does on any busy laptop: nothing a
+    # user can act on. A stall of half a minute is still reported.
+    "TUNE_WARN_THRESHOLD_S": "30",
 }
 # Packages whose loggers get our handler; a library keeps its own (huggingface_hub, transformers and Ray each attach
 # one), so no record is printed twice.

@@ -1,5 +1,6 @@
 """A quiet console: a real `sdm run` of the smoke config says what it does and nothing else (no traceback, no
-warning, no colour codes off a terminal, no wrapped paths, bars that end at their end), and the pieces that make it so."""
+warning, no colour codes off a terminal, no wrapped paths, bars that end at their end), and the pieces that make it
+so."""
 
 from __future__ import annotations
 
