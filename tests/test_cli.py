@@ -85,7 +85,7 @@ def test_help_has_readable_metavars() -> None:
 def test_shell_completion_is_on() -> None:
     assert "--install-completion" in sdm("--help").stdout
     script = sdm("--show-completion", "bash")
-    assert script.returncode == 0 and "_SDM_COMPLETE" in script.stdout
+    assert script.returncode == 0 and "_SDM_COMPLETE" in script.stdout, script.stdout + script.stderr
     env = {**os.environ, "_SDM_COMPLETE": "complete_bash", "COMP_WORDS": "sdm ru", "COMP_CWORD": "1"}
     completed = subprocess.run([*sdm_command()], capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
     assert completed.returncode == 0 and completed.stdout.split() == ["run"], completed.stdout + completed.stderr
