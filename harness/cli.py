@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-import logging
+import json
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperCommand
 
 from harness.errors import UserError
 
+# Plain (click-style) help: typer's rich help labels every flag `<bool>` and every repeatable option `<list[str]>`.
 app = typer.Typer(
-    add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     help="sdm-bench: do self-destructing models resist harmful fine-tuning?",
 )
 data_app = typer.Typer(no_args_is_help=True, help="Inspect the data a config uses.")
@@ -37,8 +40,25 @@ def _options(
 ) -> None:
     """sdm-bench: do self-destructing models resist harmful fine-tuning?"""
 
-ConfigArg = Annotated[Path, typer.Argument(help="experiment YAML config")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a config value: key.path=value")]
+class ReadableHelp(TyperCommand):
+    """typer labels an argument of many values `<list[Path]>` whatever its metavar: say `<path>...`, as click does."""
+
+    def format_help(self, ctx, formatter) -> None:  # noqa: ANN001 - click's signature
+        own = type(formatter)(width=formatter.width, max_width=formatter.width)
+        super().format_help(ctx, own)
+        formatter.write(re.sub(r"<list\[(\w+)\]>", lambda m: f"<{m.group(1).lower()}>...", own.getvalue()))
+
+
+ConfigArg = Annotated[Path, typer.Argument(metavar="CONFIG", help="experiment YAML config")]
+SetOpt = Annotated[
+    Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="override a config value (repeatable)")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document on stdout instead of text")]
+
+
+def print_json(document: object) -> None:
+    """The one thing a `--json` command writes to stdout."""
+    typer.echo(json.dumps(document, indent=2, default=str))
 
 
 def _load(config: Path, overrides: list[str] | None, out: Path | None = None):
@@ -51,26 +71,38 @@ def _load(config: Path, overrides: list[str] | None, out: Path | None = None):
 @app.command()
 def run(
     config: ConfigArg,
-    out: Annotated[Optional[Path], typer.Option(help="run directory (default results/runs/<experiment>)")] = None,
-    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else local)")] = None,
+    out: Annotated[
+        Optional[Path], typer.Option(metavar="DIR", help="run directory (default results/runs/<experiment>)")
+    ] = None,
+    address: Annotated[
+        Optional[str], typer.Option(metavar="ADDR", help="Ray cluster address (default: RAY_ADDRESS, else local)")
+    ] = None,
     resume: Annotated[bool, typer.Option(help="restore an interrupted cell's search instead of restarting it")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the cell plan and trial counts, run nothing")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="check the config offline, print the cell plan and a cost estimate, "
+                                             "run nothing")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="with --dry-run: the plan as one JSON document")] = False,
     set_: SetOpt = None,
 ) -> None:
     """Run an experiment: train (or find) defenses, search attacks per cell, write the tables."""
-    from rich.console import Console
+    if as_json and not dry_run:
+        raise UserError("--json goes with --dry-run (a run writes its results as tables)")
+    if dry_run:
+        from harness.dryrun import go_offline
 
+        go_offline()  # before the config's plugins import any hub library
     cfg = _load(config, set_, out)  # before the heavy imports: a broken config is reported in a moment
-    from harness.plan import Plan
-    from harness.runner import run_experiment
-
-    console = Console(stderr=True)
     for warning in cfg.warnings():
         typer.echo(f"warning: {warning}", err=True)
-    result = run_experiment(cfg, origin=str(config), address=address, resume=resume, dry_run=dry_run, console=console)
-    if isinstance(result, Plan):
-        _print_plan(cfg, result)
+    if dry_run:
+        _dry_run(cfg, str(config), address, as_json)
         return
+    from harness.console import make_console, print_wide
+    from harness.runner import run_experiment
+
+    console = make_console(stderr=True)
+    result = run_experiment(cfg, origin=str(config), address=address, resume=resume, console=console)
     console.print(
         f"[bold]done[/bold] in {result.seconds:.0f}s: {result.cells_run} cells run, {result.cells_skipped} already "
         f"finished, {len(result.failed)} failed"
@@ -85,7 +117,7 @@ def run(
     from harness.report.render.terminal import render_terminal
 
     files = build_leaderboard([result.run_dir])
-    Console().print(render_terminal(files))
+    print_wide(make_console(), render_terminal(files))
     for name, path in {**result.tables, **files.paths()}.items():
         typer.echo(f"{name}: {path}")
     if result.failed:
@@ -99,30 +131,39 @@ def run(
         raise typer.Exit(1)
 
 
-def _print_plan(cfg, plan) -> None:
-    from rich.console import Console
+def _dry_run(cfg, origin: str, address: str | None, as_json: bool) -> None:
     from rich.table import Table
 
+    from harness.console import make_console, print_wide
+    from harness.dryrun import cell_status, dry_run, summary_lines
+
+    dry = dry_run(cfg, origin, address)
+    if as_json:
+        print_json(dry.to_json())
+        return
+    plan = dry.plan
     table = Table(title=f"{cfg.experiment}: {len(plan.cells)} cells, {len(plan.todo)} to run")
     for column in ("cell", "status", "trials (max)"):
         table.add_column(column)
     for cell in plan.cells:
-        done = cell.cell_id in plan.finished
-        status = "finished" if done else "failed: retry" if cell.cell_id in plan.failed else "to run"
-        table.add_row(cell.cell_id, status, "-" if done else str(plan.trials_per_cell))
-    Console().print(table)
-    typer.echo(
-        f"{len(plan.todo)} cells to run, at most {len(plan.todo) * plan.trials_per_cell} trials "
-        f"({cfg.search.num_samples} search + {cfg.search.reruns} reruns per cell)"
-    )
+        status = cell_status(plan, cell)
+        table.add_row(cell.cell_id, status, "-" if status == "finished" else str(plan.trials_per_cell))
+    print_wide(make_console(), table)
+    for line in summary_lines(dry, cfg):
+        typer.echo(line)
 
 
 @app.command()
-def plugins() -> None:
+def plugins(as_json: JsonOpt = False) -> None:
     """List registered defenses and attacks with a one-line description."""
     from harness.registry import ATTACKS, DEFENSES
 
-    for registry in (DEFENSES, ATTACKS):
+    registries = (DEFENSES, ATTACKS)
+    if as_json:
+        print_json({f"{r.kind}s": [{"name": name, "description": e.description, "origin": e.origin, "target": e.target}
+                                   for name, e in sorted(r.entries().items())] for r in registries})
+        return
+    for registry in registries:
         typer.echo(f"{registry.kind}s:")
         for name, entry in sorted(registry.entries().items()):
             origin = "" if entry.origin == "built-in" else f" [{entry.origin}]"
@@ -139,7 +180,7 @@ def defend(
     set_: SetOpt = None,
 ) -> None:
     """Train (or find in the cache) one defense of a config and print the weights' path."""
-    from harness.defend import train_defense
+    from harness.defend import make_defense, train_defense
     from harness.errors import did_you_mean
     from harness.data.prepare import prepare_data
     from harness.plan import validate_plugins
@@ -151,16 +192,26 @@ def defend(
         raise UserError(f"{config}: no defense '{defense}' in this config{did_you_mean(defense, specs)}")
     prepared = prepare_data(cfg)
     defense_seed = cfg.defense_training.seed_for(cfg.seeds[0] if seed is None else seed)
-    weights = train_defense(cfg, specs[defense], prepared.defense_train, prepared.fingerprint, defense_seed)
+    from harness.console import StepBar, make_console, make_progress, quiet_libraries
+
+    quiet_libraries()
+    with make_progress(make_console(stderr=True)) as progress:
+        bar = StepBar(progress, f"defense {defense} (seed {defense_seed})", make_defense(specs[defense], "config")
+                      .total_steps())
+        weights = train_defense(cfg, specs[defense], prepared.defense_train, prepared.fingerprint, defense_seed,
+                                progress=bar)
+        bar.finish()
     how = "cached" if weights.cached else f"trained in {weights.train_seconds:.1f}s"
     typer.echo(f"defense {defense} (seed {defense_seed}): {how} (weights fingerprint {weights.fingerprint})", err=True)
     typer.echo(str(weights.path))
 
 
-@app.command()
+@app.command(cls=ReadableHelp)
 def leaderboard(
     run_dirs: Annotated[list[Path], typer.Argument(metavar="RUN_DIR", help="run directories to merge")],
-    out: Annotated[Optional[Path], typer.Option(help="output folder (default <first RUN_DIR>/leaderboard)")] = None,
+    out: Annotated[
+        Optional[Path], typer.Option(metavar="DIR", help="output folder (default <first RUN_DIR>/leaderboard)")
+    ] = None,
     threshold: Annotated[
         Optional[float],
         typer.Option(help="fixed harmful-task accuracy the data cost is measured to (default: halfway between "
@@ -174,8 +225,7 @@ def leaderboard(
     ] = None,
 ) -> None:
     """Merge runs into leaderboard tables (Parquet, Markdown, HTML) and plots."""
-    from rich.console import Console
-
+    from harness.console import make_console, print_wide
     from harness.report.publish import build_leaderboard
     from harness.report.render.terminal import render_terminal
     from harness.report.stats import BLOCK_MARGIN, UTILITY_MARGIN
@@ -185,7 +235,7 @@ def leaderboard(
         block_margin=BLOCK_MARGIN if block_margin is None else block_margin,
         utility_margin=UTILITY_MARGIN if utility_margin is None else utility_margin,
     )
-    Console().print(render_terminal(files))
+    print_wide(make_console(), render_terminal(files))
     for caution in files.cautions:
         typer.echo(f"caution: {caution}", err=True)
     for name, path in files.paths().items():
@@ -194,13 +244,17 @@ def leaderboard(
 
 @app.command()
 def compare(
-    published: Annotated[Path, typer.Argument(help="published cells: a run directory or a cells .parquet file")],
-    rerun: Annotated[Path, typer.Argument(help="the rerun's cells: a run directory or a cells .parquet file")],
-    out: Annotated[Optional[Path], typer.Option(help="also write the comparison as Markdown to this file")] = None,
+    published: Annotated[Path, typer.Argument(metavar="PUBLISHED",
+                                              help="published cells: a run directory or a cells .parquet file")],
+    rerun: Annotated[Path, typer.Argument(metavar="RERUN",
+                                          help="the rerun's cells: a run directory or a cells .parquet file")],
+    out: Annotated[
+        Optional[Path], typer.Option(metavar="FILE", help="also write the comparison as Markdown to this file")
+    ] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Check a rerun against a published result: each group's rerun mean against the published 95% interval."""
-    from rich.console import Console
-    from rich.markdown import Markdown
+    from dataclasses import asdict
 
     from harness.atomic import write_text_atomic
     from harness.compare import compare as compare_cells
@@ -214,18 +268,25 @@ def compare(
     text = render_markdown(result, str(published), str(rerun))
     if out is not None:
         write_text_atomic(out, text)
-    Console().print(Markdown(text))
+    if as_json:
+        print_json({"published": str(published), "rerun": str(rerun), "n_within": result.n_within,
+                    "n_groups": len(result.groups), **asdict(result)})
+        return
+    from rich.markdown import Markdown
+
+    from harness.console import make_console
+
+    make_console().print(Markdown(text))
 
 
 @data_app.command("inspect")
 def data_inspect(config: ConfigArg, set_: SetOpt = None) -> None:
     """Rows per split, label balance, pronouns left after scrubbing, sample texts."""
-    from rich.console import Console
-
+    from harness.console import make_console, print_wide
     from harness.data.inspect import inspect_corpus, render_inspection
 
     cfg = _load(config, set_)
-    Console().print(render_inspection(inspect_corpus(cfg)))
+    print_wide(make_console(), render_inspection(inspect_corpus(cfg)))
 
 
 def _click_error_types() -> tuple[type[BaseException], ...]:
@@ -250,10 +311,14 @@ def usage_line(exc: BaseException) -> str:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from harness.console import quiet_process, setup_logging
+
+    quiet_process()  # before any library that reads its verbosity at import
+    setup_logging()
     try:
-        # Outside standalone mode click returns a command's `typer.Exit(code)` instead of exiting with it.
-        code = app(standalone_mode=False)
+        # Outside standalone mode click returns a command's `typer.Exit(code)` instead of exiting with it. The program
+        # name is fixed so the usage lines and the completion script say `sdm` however it was started.
+        code = app(standalone_mode=False, prog_name="sdm")
         if isinstance(code, int) and code:
             sys.exit(code)
     except UserError as exc:

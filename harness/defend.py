@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,27 +131,15 @@ def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
 
 
-class _Progress:
-    """A progress bar with the running losses and steps/s a defense reports."""
-
-    def __init__(self, name: str, total: int):
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=total or None, desc=f"defense {name}", unit="step", mininterval=2.0, leave=False)
-
-    def __call__(self, step: int, metrics: dict[str, float]) -> None:
-        self.bar.update(step - self.bar.n)
-        if metrics:
-            self.bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items()}, refresh=False)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
 def train_defense(
     cfg: ExperimentConfig, spec: DefenseSpec, train: TokenizedSplit, data_fingerprint: str, seed: int,
+    progress: Callable[[int, dict[str, float]], None] | None = None,
 ) -> DefendedWeights:
-    """Find the defended weights in this process's cache (`cache_root`) or train them now, in this process."""
+    """Find the defended weights in this process's cache (`cache_root`) or train them now, in this process.
+
+    `progress`: called with (step, running metrics) as the training goes, to move the caller's progress display (a
+    Ray task draws no bar of its own: `harness.progress`).
+    """
     resources = cfg.defense_training.resources
     device = training_device(cfg)
     prepare_device(device, resources.gpu)
@@ -164,7 +153,6 @@ def train_defense(
             return DefendedWeights(spec.name, final / WEIGHTS_FILE, meta["weights_fingerprint"], True, 0.0)
         defense = make_defense(spec, "config")
         work = root / ".work" / f"{spec.name}-{key}"
-        progress = _Progress(spec.name, defense.total_steps())
         checkpointer = FileCheckpointer(work, cfg.defense_training.checkpoint_every)
         ctx = DefenseContext(
             model=cfg.model,
@@ -174,16 +162,13 @@ def train_defense(
             num_labels=dict(cfg.data.labels),
             seed=seed,
             device=device,
-            progress=progress,
+            progress=progress or (lambda step, metrics: None),
             checkpoint=checkpointer,
             attention=attention_for(device, defense.needs_double_backward()),
         )
         torch.manual_seed(seed)
         started = time.perf_counter()
-        try:
-            state = defense.train(ctx)
-        finally:
-            progress.close()
+        state = defense.train(ctx)
         seconds = time.perf_counter() - started
         state = _contiguous(state)
         fingerprint = state_fingerprint(state)
@@ -218,8 +203,9 @@ def load_defended(weights: DefendedWeights) -> dict[str, torch.Tensor]:
 
 def defense_task(
     cfg: ExperimentConfig, spec: DefenseSpec, train: TokenizedSplit, data_fingerprint: str, seed: int,
+    progress: Callable[[int, dict[str, float]], None] | None = None,
 ) -> tuple[DefendedWeights, dict[str, torch.Tensor]]:
     """`train_defense` as a Ray task runs it (`harness.resources.task_options`, two returns): what the cache holds,
     and the weights themselves, read back on the task's own node."""
-    weights = train_defense(cfg, spec, train, data_fingerprint, seed)
+    weights = train_defense(cfg, spec, train, data_fingerprint, seed, progress)
     return weights, load_defended(weights)

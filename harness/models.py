@@ -50,11 +50,18 @@ def model_location(cfg: ModelConfig) -> str:
                 f"{', '.join(TOKENIZER_FILES)})"
             )
         return str(path)
-    if cfg.source.count("/") == 1 and not cfg.source.startswith((".", "/")):
+    if names_hub_model(cfg):
         if os.environ.get("HF_HUB_OFFLINE") == "1":
             raise UserError(f"model.source '{cfg.source}': hub id, but HF_HUB_OFFLINE=1 and no local copy")
         return cfg.source
     raise UserError(f"model.source '{cfg.source}': no such directory (expected 'embedded', 'tiny', a path or a hub id)")
+
+
+def names_hub_model(cfg: ModelConfig) -> bool:
+    """Whether the base model is named by a hub id (`owner/name`, no local directory of that name)."""
+    if cfg.source in ("embedded", "tiny") or Path(cfg.source).expanduser().exists():
+        return False
+    return cfg.source.count("/") == 1 and not cfg.source.startswith((".", "/"))
 
 
 def model_id(cfg: ModelConfig) -> str:

@@ -20,7 +20,7 @@ import numpy as np
 
 from harness.config import ExperimentConfig
 from harness.errors import UserError
-from harness.plan import Cell, Plan, plan_cells, validate_plugins
+from harness.plan import Cell, plan_cells, validate_plugins
 
 if TYPE_CHECKING:
     from harness.data.prepare import PreparedData
@@ -90,25 +90,21 @@ def run_experiment(
     origin: str,
     address: str | None = None,
     resume: bool = False,
-    dry_run: bool = False,
     console=None,
-) -> RunSummary | Plan:
-    from rich.console import Console
+) -> RunSummary:
+    from harness.console import make_console
 
-    console = console or Console(stderr=True)
+    console = console or make_console(stderr=True)
     started = time.perf_counter()
     run_dir = cfg.run_dir()
     attacks = validate_plugins(cfg, origin)
     check_run_dir(cfg, run_dir)
-    plan = plan_cells(cfg, run_dir)
     from harness.data.prepare import prepare_data
 
     prepared = prepare_data(cfg)  # validates data, pools and budgets before anything is written
     from harness.models import base_fingerprint
 
     base_fingerprint(cfg.model)  # loads the base weights (cached for the run): a model that cannot load fails here
-    if dry_run:
-        return plan
     _writable(run_dir)
     from harness.lock import RunLock
 
@@ -130,20 +126,27 @@ def run_experiment(
 def start_ray(cfg: ExperimentConfig, address: str | None) -> None:
     """Join the cluster at `address` (or the config's, or RAY_ADDRESS), else start a local instance of our own; then
     refuse the run if a defense training or a trial worker fits on none of its nodes (it would wait forever)."""
+    from harness.console import quiet_libraries, quiet_process
+
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    quiet_process()
     import optuna
     import ray
 
     from harness.resources import check_requests, live_nodes, running_cluster
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    quiet_libraries()
 
     address = address or cfg.cluster.address or os.environ.get("RAY_ADDRESS")
     hint = ""
+    # Every worker process, on every node, sets the same quiet before its first task.
+    options = {"logging_level": logging.WARNING, "log_to_driver": True,
+               "runtime_env": {"worker_process_setup_hook": "harness.console.quiet_worker"}}
     if ray.is_initialized():
         where = "the connected Ray cluster"
     elif address:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+        ray.init(address=address, **options)
         where = f"the Ray cluster at {address}"
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -152,7 +155,7 @@ def start_ray(cfg: ExperimentConfig, address: str | None) -> None:
         # address="local": a new instance of our own. With no address, ray.init joins the latest instance another
         # process started on this machine, whose workers lack this process's environment (PYTHONPATH, plugins)
         # and die with it.
-        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+        ray.init(address="local", include_dashboard=False, **options)
         where = "this machine's Ray instance"
         if running:
             hint = f"; a Ray cluster is running on this machine ({running}): to run on it, add --address auto"
@@ -161,8 +164,10 @@ def start_ray(cfg: ExperimentConfig, address: str | None) -> None:
 
 def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, started) -> RunSummary:
     """Train (or find) each defense a cell still needs, then search every unfinished cell against it."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    import ray
 
+    from harness.console import TrialsBar, make_progress
+    from harness.progress import ProgressBoard
     from harness.results import write_run_tables
     from harness.search import tune_dir
 
@@ -174,17 +179,16 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
     summary = RunSummary(run_dir, 0, len(plan.cells) - len(todo), [], 0.0, pools=prepared.pools)
     seed_for = cfg.defense_training.seed_for
     pool = None
+    board = ProgressBoard.remote()
     try:
-        with Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=console, transient=False,
-        ) as progress:
+        with make_progress(console) as progress:
             cells_bar = progress.add_task("cells", total=len(plan.cells), completed=summary.cells_skipped)
-            trials_bar = progress.add_task("trials", total=len(todo) * plan.trials_per_cell)
+            # At most trials_per_cell a cell; a plateau stop uses fewer, and the bar's end moves in to match.
+            trials = TrialsBar(progress, len(todo) * plan.trials_per_cell)
             # Per-seed defenses: each cell seed attacks a defense trained with that seed (`seeding: shared`: seed 0).
             # All are trained (or found) before the trial workers start: the workers hold their resources for the
             # whole run, and a training waiting for a GPU they hold would wait forever.
-            trained = {key: _train(cfg, *key, prepared, progress)
+            trained = {key: _train(cfg, *key, prepared, progress, board)
                        for key in dict.fromkeys((c.defense, seed_for(c.seed)) for c in todo)}
             pool = _start_pool(cfg)
             for defense_name, defense_seed in list(trained):
@@ -192,9 +196,10 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
                 outcome = trained.pop((defense_name, defense_seed))
                 defended = _defended(cfg, defense_name, defense_seed, outcome, prepared, attacks, stamp, pool)
                 for cell in [c for c in todo if c.defense == defense_name and seed_for(c.seed) == defense_seed]:
-                    progress.update(trials_bar, description=f"trials {cell.cell_id}")
+                    trials.start(cell.cell_id)
                     status = _attack_cell(cfg, cell, defended, prepared, attacks, pool, storage, resume, run_dir,
-                                          on_trial=lambda: progress.advance(trials_bar))
+                                          on_trial=trials.advance)
+                    trials.end(plan.trials_per_cell)
                     summary.cells_run += 1
                     if status != "ok":
                         summary.failed.append(cell.cell_id)
@@ -202,6 +207,7 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
     finally:
         if pool is not None:
             pool.shutdown()
+        ray.kill(board)
     summary.tables = write_run_tables(run_dir)
     summary.seconds = time.perf_counter() - started
     return summary
@@ -259,19 +265,26 @@ class Trained:
     state: Any  # ObjectRef of the state dict, from the training's node
 
 
-def _train(cfg, defense_name, defense_seed, prepared, progress) -> Trained:
-    """Train the defense with this seed as a Ray task with the config's resources (or find it in the cache)."""
+def _train(cfg, defense_name, defense_seed, prepared, progress, board) -> Trained:
+    """Train the defense with this seed as a Ray task with the config's resources (or find it in the cache); the
+    training's steps move a bar on the driver's display."""
     import ray
 
-    from harness.defend import defense_task
+    from harness.console import StepBar
+    from harness.defend import defense_task, make_defense
+    from harness.progress import BoardReporter, get_reporting
     from harness.resources import task_options
 
     spec = next(d for d in cfg.defenses if d.cell_name == defense_name)
     task = ray.remote(num_returns=2, **task_options(cfg.defense_training.resources))(defense_task)
-    weights_ref, state_ref = task.remote(cfg, spec, prepared.defense_train, prepared.fingerprint, defense_seed)
-    weights = ray.get(weights_ref)
+    key = f"{defense_name}/{defense_seed}"
+    bar = StepBar(progress, f"defense {defense_name} (seed {defense_seed})", make_defense(spec, "config").total_steps())
+    weights_ref, state_ref = task.remote(cfg, spec, prepared.defense_train, prepared.fingerprint, defense_seed,
+                                         BoardReporter(board, key))
+    weights = get_reporting(weights_ref, board, key, bar)
+    bar.finish()
     how = "cached" if weights.cached else f"trained in {weights.train_seconds:.0f}s"
-    progress.console.log(f"defense {defense_name} (seed {defense_seed}): {how} ({weights.path})")
+    progress.console.print(f"defense {defense_name} (seed {defense_seed}): {how} ({weights.path})")
     return Trained(weights, state_ref)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 
 import pytest
@@ -11,7 +13,7 @@ from tests.conftest import ROOT, SMOKE, sdm_command
 
 USAGE_ERRORS = {
     "unknown option": (["run", str(SMOKE), "--outt", "x"], "No such option: --outt"),
-    "missing config": (["run"], "Missing argument 'config'"),
+    "missing config": (["run"], "Missing argument 'CONFIG'"),
     "unknown command": (["runn"], "No such command 'runn'"),
     "bad option value": (["leaderboard", str(ROOT / "results" / "reproduce"), "--threshold", "abc"],
                          "Invalid value for '--threshold'"),
@@ -44,3 +46,46 @@ def test_version() -> None:
 def test_bare_command_prints_help() -> None:
     result = sdm()
     assert result.returncode == 0 and "run" in result.stdout and "Traceback" not in result.stderr
+
+
+def test_plugins_json_is_one_document_listing_every_plugin() -> None:
+    result = sdm("plugins", "--json")
+    assert result.returncode == 0, result.stderr
+    listed = json.loads(result.stdout)
+    assert {p["name"] for p in listed["defenses"]} >= {"random-init", "bert", "adversarial", "mlac"}
+    assert {p["name"] for p in listed["attacks"]} >= {"finetune", "probe", "top-k", "lora"}
+    probe = next(p for p in listed["attacks"] if p["name"] == "probe")
+    assert probe["origin"] == "built-in" and probe["target"] == "attacks.probe:Probe" and probe["description"]
+
+
+def test_compare_json_is_one_document_of_the_groups(tmp_path) -> None:
+    cells = ROOT / "results" / "reproduce" / "cells.parquet"
+    out = tmp_path / "comparison.md"
+    result = sdm("compare", str(cells), str(cells), "--json", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["n_groups"] == len(document["groups"]) > 0
+    assert document["n_within"] == document["n_groups"]  # a result against itself lies inside its own intervals
+    group = document["groups"][0]
+    assert {"defense", "attack", "task", "budget", "published_mean", "rerun_mean", "within"} <= set(group)
+    assert all(g["verdicts_agree"] for g in document["gaps"])
+    assert out.read_text().startswith("# Rerun vs published")
+
+
+def test_help_has_readable_metavars() -> None:
+    for command in ([], ["run"], ["leaderboard"], ["compare"], ["plugins"], ["defend"]):
+        result = sdm(*command, "--help")
+        assert result.returncode == 0, result.stderr
+        assert "<bool>" not in result.stdout and "<list[" not in result.stdout, result.stdout
+    run_help = sdm("run", "--help").stdout
+    assert "--set KEY=VALUE" in run_help and "--out DIR" in run_help and "--dry-run" in run_help
+    assert run_help.startswith("Usage: sdm run")
+
+
+def test_shell_completion_is_on() -> None:
+    assert "--install-completion" in sdm("--help").stdout
+    script = sdm("--show-completion", "bash")
+    assert script.returncode == 0 and "_SDM_COMPLETE" in script.stdout, script.stdout + script.stderr
+    env = {**os.environ, "_SDM_COMPLETE": "complete_bash", "COMP_WORDS": "sdm ru", "COMP_CWORD": "1"}
+    completed = subprocess.run([*sdm_command()], capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    assert completed.returncode == 0 and completed.stdout.split() == ["run"], completed.stdout + completed.stderr

@@ -213,19 +213,23 @@ def budget_samples(
     return out
 
 
-def prepare_data(cfg: ExperimentConfig) -> PreparedData:
-    """Load, validate and pool the config's corpus, tokenise the pools and draw the budget samples.
+@dataclass(frozen=True)
+class CheckedData:
+    """A corpus that passed every data check: its pools, their labels and the budget samples."""
 
-    Every check runs before anything is written: the corpus cache (`harness.data.cache`) is filled only once the
-    pools and budgets are known to be valid.
-    """
-    from harness.data.loader import load_corpus, write_corpus_cache
+    corpus: Any  # harness.data.tables.Corpus
+    pools: Pools
+    labels: dict[str, dict[str, np.ndarray]]  # pool -> label column -> labels of its rows
+    budget_rows: dict[tuple[str, int], dict[int, np.ndarray]]
+
+
+def check_data(cfg: ExperimentConfig) -> CheckedData:
+    """Load and validate the config's corpus, carve its pools and draw the budget samples: every data check, with no
+    model and nothing written (`sdm run --dry-run` stops here)."""
+    from harness.data.loader import load_corpus
     from harness.defend import cache_root
-    from harness.models import load_tokenizer
-    from harness.tokenized import tokenize
 
-    cache_dir = cache_root(cfg) / "data"
-    corpus = load_corpus(cfg.data, cache_dir=cache_dir, write_cache=False)
+    corpus = load_corpus(cfg.data, cache_dir=cache_root(cfg) / "data", write_cache=False)
     pools = carve_pools(cfg, corpus)
     check_pools(cfg, pools)
     columns = list(cfg.data.labels)
@@ -234,7 +238,23 @@ def prepare_data(cfg: ExperimentConfig) -> PreparedData:
         for name in POOLS
     }
     budget_rows = budget_samples(cfg, labels["attack"])  # refuses a budget the pool's classes cannot fill
-    write_corpus_cache(corpus, cache_dir)
+    return CheckedData(corpus, pools, labels, budget_rows)
+
+
+def prepare_data(cfg: ExperimentConfig) -> PreparedData:
+    """Load, validate and pool the config's corpus, tokenise the pools and draw the budget samples.
+
+    Every check runs before anything is written: the corpus cache (`harness.data.cache`) is filled only once the
+    pools and budgets are known to be valid.
+    """
+    from harness.data.loader import write_corpus_cache
+    from harness.defend import cache_root
+    from harness.models import load_tokenizer
+    from harness.tokenized import tokenize
+
+    checked = check_data(cfg)
+    corpus, pools, labels, budget_rows = checked.corpus, checked.pools, checked.labels, checked.budget_rows
+    write_corpus_cache(corpus, cache_root(cfg) / "data")
 
     tokenizer = load_tokenizer(cfg.model)
 

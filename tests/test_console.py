@@ -1,0 +1,160 @@
+"""A quiet console: a real `sdm run` of the smoke config says what it does and nothing else (no traceback, no
+warning, no colour codes off a terminal, no wrapped paths, bars that end at their end), and the pieces that make it
+so."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from rich.progress import Progress
+from rich.table import Table
+
+from harness.console import StepBar, TrialsBar, make_console, print_wide
+from tests.conftest import ROOT, SMOKE, sdm_command
+
+ANSI = re.compile(r"\x1b\[")
+
+
+@pytest.fixture(scope="module")
+def smoke_output(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The smoke config through the CLI with a cache of its own (so its defenses train, in Ray tasks) and a plateau
+    stop after one trial without improvement, so searches end while trials still run (the teardown that printed
+    Ray's "Exception ignored ... SystemExit")."""
+    work = tmp_path_factory.mktemp("console")
+    env = {**os.environ, "SDM_CACHE_DIR": str(work / "cache")}
+    for name in ("TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS", "RAY_COLOR_PREFIX"):
+        env.pop(name, None)  # what the CLI itself must set
+    result = subprocess.run([*sdm_command(), "run", str(SMOKE), "--out", str(work / "run"),
+                             "--set", "search.plateau_patience=1"],
+                            cwd=work, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return work, result.stdout + result.stderr
+
+
+def test_a_smoke_run_prints_no_traceback_warning_or_colour_code(smoke_output):
+    _, text = smoke_output
+    assert "Traceback" not in text and "Exception ignored" not in text
+    assert "WARNING" not in text, [line for line in text.splitlines() if "WARNING" in line]
+    assert not ANSI.search(text)
+    assert "Loading weights" not in text  # transformers' bar, in the driver and in the workers
+    assert "pid=" not in text  # nothing forwarded from a Ray worker
+
+
+def test_defense_training_is_reported_by_the_driver_on_one_line_each(smoke_output):
+    work, text = smoke_output
+    for defense in ("random-init", "bert"):
+        [line] = [line for line in text.splitlines() if line.startswith(f"defense {defense} (seed 0): trained")]
+        assert line.endswith("encoder.safetensors)") and str(work / "cache") in line  # the path is not wrapped
+    # bert trains 20 steps: the driver's bar for it ends at 20 of 20
+    assert re.search(r"^defense bert \(seed 0\).* 20/20 ", text, re.MULTILINE), text
+
+
+def test_the_progress_bars_end_at_their_end(smoke_output):
+    _, text = smoke_output
+    [cells] = re.findall(r"^cells .* (\d+)/(\d+) ", text, re.MULTILINE)
+    [trials] = re.findall(r"^trials .* (\d+)/(\d+) ", text, re.MULTILINE)
+    assert cells == ("8", "8")
+    assert trials[0] == trials[1] and int(trials[1]) < 8 * 5  # the plateau stop ran fewer than the most
+
+
+def test_a_table_off_a_terminal_is_printed_whole(capsys):
+    table = Table(title="wide")
+    for i in range(8):
+        table.add_column(f"a long column header {i}")
+    table.add_row(*[f"/a/long/path/to/a/file/number/{i}.parquet" for i in range(8)])
+    print_wide(make_console(), table)
+    out = capsys.readouterr().out
+    assert not ANSI.search(out)
+    assert all(f"a long column header {i}" in out for i in range(8))  # no header wrapped or cut
+    assert all(f"/a/long/path/to/a/file/number/{i}.parquet" in out for i in range(8))
+    assert max(len(line) for line in out.splitlines()) > 200
+
+
+def test_a_long_line_off_a_terminal_is_not_wrapped(capsys):
+    path = "/very/long/" * 20 + "encoder.safetensors"
+    make_console(stderr=True).print(f"defense bert (seed 0): trained in 3s ({path})")
+    assert f"({path})" in capsys.readouterr().err
+
+
+def test_step_bar_appears_with_its_first_report_and_ends_at_its_total():
+    progress = Progress()
+    bar = StepBar(progress, "defense x (seed 0)", 100)
+    bar.finish()
+    assert progress.tasks == []  # a cached or zero-step training shows no bar
+    bar(37, {"loss": 0.5})
+    [task] = progress.tasks
+    assert task.completed == 37 and task.description == "defense x (seed 0) loss 0.5"
+    bar.finish()
+    assert task.completed == task.total == 100
+
+
+def test_trials_bar_total_shrinks_by_the_trials_a_cell_did_not_use():
+    progress = Progress()
+    bar = TrialsBar(progress, 3 * 10)
+    for used in (10, 4, 7):
+        bar.start("cell")
+        for _ in range(used):
+            bar.advance()
+        bar.end(10)
+    [task] = progress.tasks
+    assert task.completed == task.total == 21
+
+
+def python(script: str) -> subprocess.CompletedProcess:
+    """Run `script` in a fresh interpreter that imports this checkout."""
+    return subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_a_worker_told_to_stop_inside_a_gc_callback_exits_quietly():
+    """Ray's SIGTERM handler raises SystemExit wherever the worker's main thread is; inside a garbage-collection
+    callback Python cannot raise it, prints "Exception ignored ... SystemExit" and carries on."""
+    script = (
+        "import gc, sys\n"
+        "from harness.console import quiet_worker\n"
+        "quiet_worker()\n"
+        "class Dying:\n"
+        "    def __del__(self):\n"
+        "        raise SystemExit(3)\n"
+        "Dying()\n"
+        "gc.collect()\n"
+        "print('carried on')\n"
+    )
+    result = python(script)
+    assert result.returncode == 3
+    assert result.stdout == "" and result.stderr == ""
+
+
+def test_other_unraisable_errors_are_still_reported():
+    script = (
+        "from harness.console import quiet_worker\n"
+        "quiet_worker()\n"
+        "class Broken:\n"
+        "    def __del__(self):\n"
+        "        raise ValueError('broken finaliser')\n"
+        "Broken()\n"
+        "print('carried on')\n"
+    )
+    result = python(script)
+    assert result.returncode == 0 and "carried on" in result.stdout and "broken finaliser" in result.stderr
+
+
+def test_the_cli_logs_each_record_once():
+    """One handler for our loggers, none on the root: a library with a handler of its own prints once."""
+    script = (
+        "import logging, sys\n"
+        "from harness.console import setup_logging\n"
+        "setup_logging()\n"
+        "lib = logging.getLogger('somelib')\n"
+        "lib.addHandler(logging.StreamHandler(sys.stderr))\n"
+        "lib.warning('from the library')\n"
+        "logging.getLogger('harness.runner').warning('from us')\n"
+    )
+    result = python(script)
+    assert result.stderr.count("from the library") == 1
+    assert result.stderr.count("from us") == 1 and "harness.runner: from us" in result.stderr

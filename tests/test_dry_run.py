@@ -1,0 +1,120 @@
+"""`sdm run --dry-run` offline: the paper's config (real hub ids, no network) is checked as far as this machine can,
+says in one line what it could not check, never asks the hub, and prices the run; the cost model's parts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+from harness.configfile import load_config
+from harness.cost import MEASURED, asha_steps, encoder_share, estimate_cost, steps_quantiles
+from harness.plan import plan_cells, validate_plugins
+from harness.space import Choice, Fixed, IntRange
+from tests.conftest import ROOT, SMOKE, sdm_command
+
+PAPER = ROOT / "configs" / "paper.yaml"
+
+
+def offline_sdm(*args: str, cwd) -> tuple[subprocess.CompletedProcess, float]:
+    """The CLI with none of the hub's offline switches set: the dry run must set them itself."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
+                                                             "TRANSFORMERS_OFFLINE")}
+    started = time.perf_counter()
+    result = subprocess.run([*sdm_command(), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return result, time.perf_counter() - started
+
+
+def test_paper_dry_run_works_offline_and_prices_the_run(tmp_path):
+    out = tmp_path / "run"
+    result, seconds = offline_sdm("run", str(PAPER), "--dry-run", "--out", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = result.stdout + result.stderr
+    assert "Retrying" not in text and "WARNING" not in text and "Traceback" not in text
+    assert seconds < 120  # no hub retries (they took 26 s and more)
+    [unchecked] = [line for line in result.stdout.splitlines() if line.startswith("could not check offline:")]
+    assert "data.source 'LabHC/bias_in_bios' (a hub id" in unchecked
+    assert "model.source 'google/bert_uncased_L-2_H-128_A-2' (a hub id)" in unchecked
+    assert "defense_training.resources.gpu 1 (this machine has" in unchecked or os.environ.get("CUDA_VISIBLE_DEVICES")
+    assert "192 cells to run, at most 12480 trials (50 search + 15 reruns per cell)" in result.stdout
+    # 192 cells x 65 trials x 550 steps (the paper's 100..1000), half of them full fine-tuning at 16 x 64 -> 28 x 200
+    assert "finetune: 192 cells, at most 12,480 trials, 6,864,000 trial-steps (550 steps a trial)" in result.stdout
+    [cost] = [line for line in result.stdout.splitlines() if line.startswith("cost: ")]
+    assert "6,864,000 trial-steps" in cost and " h of compute on this machine" in cost
+    assert "docs/benchmarks.md" in cost and f"takes {MEASURED['bf16'].seconds:.2f} s" in cost or \
+        f"takes {MEASURED['fp32'].seconds:.2f} s" in cost
+    assert "defense training not included (900,000 steps to train)" in result.stdout
+    assert not out.exists()
+
+
+def test_dry_run_json_is_one_document_on_stdout(tmp_path):
+    result, _ = offline_sdm("run", str(PAPER), "--dry-run", "--json", "--out", str(tmp_path / "run"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    plan = json.loads(result.stdout)  # stdout holds the document and nothing else
+    assert plan["cells_to_run"] == len(plan["cells"]) == 192 and plan["max_trials"] == 12480
+    assert {c["status"] for c in plan["cells"]} == {"to run"}
+    assert any("hub id" in item for item in plan["not_checked"]) and "config" in plan["checked"]
+    cost = plan["cost"]
+    assert cost["trial_steps"] == pytest.approx(192 * 65 * 550)
+    assert cost["priced_steps"] == pytest.approx(cost["trial_steps"] / 2)  # finetune's probe mode is not priced
+    assert cost["hours"] > 0 and cost["step"]["source"].startswith("docs/benchmarks.md")
+
+
+def test_a_local_config_is_checked_whole(tmp_path):
+    result, _ = offline_sdm("run", str(SMOKE), "--dry-run", "--out", str(tmp_path / "dry"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "could not check" not in result.stdout
+    [checked] = [line for line in result.stdout.splitlines() if line.startswith("checked: ")]
+    assert "data (files, pools, budget samples)" in checked and "base model" in checked and "resources" in checked
+
+
+def test_json_without_dry_run_is_refused(tmp_path):
+    result, _ = offline_sdm("run", str(SMOKE), "--json", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.strip() == \
+        "error: --json goes with --dry-run (a run writes its results as tables)"
+
+
+def test_steps_quantiles_follow_the_space():
+    assert steps_quantiles(Fixed(value=40)) == [40.0]
+    assert steps_quantiles(Choice(values=[10, 30])) == [10.0, 30.0]
+    draws = steps_quantiles(IntRange(low=100, high=1000))
+    assert sum(draws) / len(draws) == pytest.approx(550)
+    log_draws = steps_quantiles(IntRange(low=10, high=1000, log=True))
+    assert sorted(log_draws)[len(log_draws) // 2] == pytest.approx(100, rel=0.05)  # the median of a log range
+
+
+def test_asha_steps_by_hand():
+    # Rungs at 100 and 300 (max_t 400), factor 3: a 400-step trial runs 100, then 200 more with 1/3, then 100 more
+    # with 1/9.
+    assert asha_steps(400, 100, 3, 400) == pytest.approx(100 + 200 / 3 + 100 / 9)
+    assert asha_steps(50, 100, 3, 400) == 50  # ends before the first rung
+    assert asha_steps(200, 100, 3, 400) == pytest.approx(100 + 100 / 3)
+
+
+def test_asha_lowers_the_estimate_and_probe_trials_are_not_priced():
+    plain = load_config(ROOT / "configs" / "reproduce.yaml", ["search.asha=null"])
+    cut = load_config(ROOT / "configs" / "reproduce.yaml")
+    assert cut.search.asha is not None
+    costs = {}
+    for name, cfg in (("plain", plain), ("asha", cut)):
+        attacks = validate_plugins(cfg, name)
+        costs[name] = estimate_cost(cfg, plan_cells(cfg, ROOT / "no-such-run"), attacks, "bf16", cores=2)
+    assert costs["asha"].trial_steps < costs["plain"].trial_steps
+    by_attack = {a.attack: a for a in costs["asha"].attacks}
+    assert by_attack["probe"].encoder_share == 0 and by_attack["probe"].priced_steps == 0
+    assert 0 < by_attack["finetune"].search_steps < by_attack["finetune"].mean_steps
+
+
+def test_encoder_share_of_the_built_in_attacks():
+    from harness.registry import ATTACKS
+
+    def share(name: str, space: dict | None = None) -> float:
+        return encoder_share(ATTACKS.get(name).from_spec({}, space or {}, "test"))
+
+    assert share("probe") == 0
+    assert share("finetune") == 0.5
+    assert share("finetune", {"mode": {"type": "fixed", "value": "full"}}) == 1
+    assert share("top-k") == 1
