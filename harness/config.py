@@ -7,7 +7,6 @@ the tasks, budgets and seeds that make up the cells, the search protocol and whe
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -286,11 +285,6 @@ class MlflowTracking(Strict):
 
 class TrackingConfig(Strict):
     mlflow: MlflowTracking | None = None
-
-    def missing_packages(self) -> list[str]:
-        """The tracker packages this config needs that are not installed (checked before a run starts)."""
-        wanted = ["mlflow"] if self.mlflow is not None else []
-        return [name for name in wanted if importlib.util.find_spec(name) is None]
 
 
 class ExperimentConfig(Strict):

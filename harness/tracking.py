@@ -1,13 +1,14 @@
-"""Optional experiment tracking: Ray Tune's own MLflow logger callback, one per cell's search.
+"""Optional experiment tracking: Ray Tune's own MLflow logger callback in each cell's search.
 
-Off by default. A config's `tracking: {mlflow: {tracking_uri: ...}}` turns it on; each search trial becomes a run of the tracker
-(its hyperparameters, every validation check it reported, its final accuracy), tagged with the cell it belongs to,
-so a lab's dashboard shows sdm-bench searches beside its other experiments. The Parquet tables stay the record the
+Off by default. A config's `tracking: {mlflow: {tracking_uri: ...}}` turns it on: each search trial becomes an
+MLflow run (its hyperparameters, every validation check it reported, its final accuracy), tagged with the cell it
+belongs to, so a lab's dashboard shows sdm-bench searches beside its other experiments. The Parquet tables stay the record the
 leaderboard is built from: tracking is a view, and never enters the config hash.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 from harness.config import TrackingConfig
@@ -26,10 +27,12 @@ def check_tracking(tracking: TrackingConfig, origin: str) -> None:
 
     A server URI (http...) is not contacted here: MLflow's client retries an unreachable server for minutes.
     """
-    for package in tracking.missing_packages():
-        raise UserError(f"{origin}: tracking.{package} needs the {package} package: pip install 'sdm-bench[tracking]'")
-    uri = tracking.mlflow.tracking_uri if tracking.mlflow is not None else None
-    if uri is None or uri.startswith(("http:", "https:", "databricks")):
+    if tracking.mlflow is None:
+        return
+    if importlib.util.find_spec("mlflow") is None:
+        raise UserError(f"{origin}: tracking.mlflow needs the mlflow package: pip install 'sdm-bench[tracking]'")
+    uri = tracking.mlflow.tracking_uri
+    if uri.startswith(("http:", "https:", "databricks")):
         return
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
