@@ -106,6 +106,15 @@ def summary_note(tables: LeaderboardTables) -> str:
             "rows the attacker selected on." + attacker_note(tables.summary.to_pylist()))
 
 
+def majority_note(tables: LeaderboardTables) -> str:
+    """"Majority class of the test pool: gender 0.523 (harmful), profession 0.282 (desired)": what always answering
+    the most frequent class scores, the floor to read random-init against; "" when the runs cannot tell."""
+    first = tables.summary.slice(0, 1).to_pylist()[0] if tables.summary.num_rows else {}
+    parts = [f"{first.get(f'{role}_task')} {first[f'{role}_majority_accuracy']:.3f} ({role})" for role in ROLES
+             if first.get(f"{role}_majority_accuracy") is not None]
+    return f"Majority class of the test pool: {', '.join(parts)}." if parts else ""
+
+
 def attacker_note(rows: list[dict[str, Any]]) -> str:
     """The note's sentences on compute cost and search diagnostics, only on boards whose runs recorded them (an older
     board reads as it always did)."""

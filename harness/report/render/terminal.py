@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from harness.report import columns
 from harness.report.columns import TERMINAL
-from harness.report.render.sections import cell_text, summary_note
+from harness.report.render.sections import cell_text, majority_note, summary_note
 from harness.report.tables import WORST_CASE, LeaderboardFiles, LeaderboardTables
 
 if TYPE_CHECKING:
@@ -26,7 +26,8 @@ def render_terminal(source: LeaderboardFiles | LeaderboardTables) -> Table:
     by_key = {(r["defense"], r["budget"]): r for r in rows}
     task = rows[0]["task"] if rows else "harmful task"
     first = summary[0] if summary else {}
-    caption = " ".join([*(f"Caution: {c}." for c in tables.cautions), summary_note(tables)])
+    caption = " ".join([*(f"Caution: {c}." for c in tables.cautions), *filter(None, [majority_note(tables)]),
+                        summary_note(tables)])
     table = Table(title=f"{task}: attacker's validation-best attack (mean ± 95% CI half-width over seeds)",
                   caption=escape(caption))
     head, *rest = columns.shown(TERMINAL)
