@@ -14,12 +14,13 @@ from pathlib import Path
 from harness.atomic import write_file_atomic, write_text_atomic
 from harness.errors import UserError
 from harness.report import render
+from harness.report.render import latex
 from harness.report.aggregate import aggregate
 from harness.report.merge import merge_curves, merge_runs
 from harness.report.majority import majority_accuracy
 from harness.report.render.plots import FIGURE_FORMATS, figure_bytes, figures
 from harness.report.stats import BLOCK_MARGIN, UTILITY_MARGIN
-from harness.report.tables import COMPUTE_PLOT, ROLES, CellFiles, LeaderboardFiles, LeaderboardTables
+from harness.report.tables import COMPUTE_PLOT, ROLES, CellFiles, LeaderboardFiles, LeaderboardTables, ReportFiles
 from harness.results import read_cells, trial_partition, write_table
 
 
@@ -61,11 +62,11 @@ def cell_files(run_dirs: list[Path], out: Path) -> dict[str, CellFiles]:
     return files
 
 
-def write_figures(tables: LeaderboardTables, out: Path) -> tuple[dict[str, Path], dict[str, bytes]]:
-    """Every figure as PNG, SVG and PDF in `out`; the PNG paths and bytes by role. A figure these tables do not
-    have is removed, so one left by an earlier build never sits beside tables it does not match."""
+def write_figures(tables: LeaderboardTables, out: Path) -> tuple[dict[str, dict[str, Path]], dict[str, bytes]]:
+    """Every figure as PNG, SVG and PDF in `out`: role -> format -> file, and the PNG bytes by role. A figure these
+    tables do not have is removed, so one left by an earlier build never sits beside tables it does not match."""
     drawn = figures(tables)
-    paths: dict[str, Path] = {}
+    paths: dict[str, dict[str, Path]] = {}
     images: dict[str, bytes] = {}
     for role in (*ROLES, COMPUTE_PLOT):
         for fmt in FIGURE_FORMATS:
@@ -75,9 +76,31 @@ def write_figures(tables: LeaderboardTables, out: Path) -> tuple[dict[str, Path]
                 continue
             data = figure_bytes(drawn[role], fmt)
             write_file_atomic(path, lambda tmp, data=data: tmp.write_bytes(data))
+            paths.setdefault(role, {})[fmt] = path
             if fmt == "png":
-                paths[role], images[role] = path, data
+                images[role] = data
     return paths, images
+
+
+def output_dir(out: Path) -> Path:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output '{out}': exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def write_report(run_dirs: list[Path], out: Path | None = None, *, threshold: float | None = None,
+                 block_margin: float = BLOCK_MARGIN, utility_margin: float = UTILITY_MARGIN) -> ReportFiles:
+    """`sdm report`: the board's figures (PNG, SVG, PDF), its summary as a booktabs table (summary.tex) and a
+    figure environment per figure (figures.tex), for a paper. Default `out`: <first run>/report."""
+    tables = board_tables(run_dirs, threshold=threshold, block_margin=block_margin, utility_margin=utility_margin)
+    out = output_dir(Path(out) if out is not None else Path(run_dirs[0]) / "report")
+    written, _ = write_figures(tables, out)
+    return ReportFiles(
+        out=out, figures=written,
+        table=write_text_atomic(out / latex.FORMAT.filename, latex.render_latex(tables)),
+        figures_tex=write_text_atomic(out / "figures.tex", latex.render_figures_latex(tables, list(written))),
+    )
 
 
 def build_leaderboard(
@@ -93,11 +116,9 @@ def build_leaderboard(
     curves."""
     tables = board_tables(run_dirs, threshold=threshold, block_margin=block_margin, utility_margin=utility_margin)
     out = Path(out) if out is not None else default_out([Path(r) for r in run_dirs])
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output '{out}': exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
+    output_dir(out)
     tables = replace(tables, files=cell_files([Path(r) for r in run_dirs], out))
-    plots, images = write_figures(tables, out)
+    written, images = write_figures(tables, out)
     return LeaderboardFiles(
         out=out,
         leaderboard=write_table(out / "leaderboard.parquet", tables.leaderboard),
@@ -106,6 +127,6 @@ def build_leaderboard(
         curves=write_table(out / "curves.parquet", tables.curves),
         documents={name: write_text_atomic(out / fmt.filename, fmt.render(tables, images))
                    for name, fmt in render.FORMATS.items()},
-        plots=plots,
+        plots={role: files["png"] for role, files in written.items()},
         cautions=tables.cautions,
     )

@@ -137,6 +137,21 @@ class LeaderboardFiles:
                 **self.documents, **{f"plot ({role})": path for role, path in self.plots.items()}}
 
 
+@dataclass(frozen=True)
+class ReportFiles:
+    """What `sdm report` writes for a paper: the figures in every format, the summary table and the figures' LaTeX."""
+
+    out: Path
+    figures: dict[str, dict[str, Path]]  # task role (or COMPUTE_PLOT) -> format (png, svg, pdf) -> file
+    table: Path  # summary.tex (booktabs)
+    figures_tex: Path  # figures.tex: a figure environment per figure, with its caption
+
+    def paths(self) -> dict[str, Path]:
+        return {"table (LaTeX)": self.table, "figures (LaTeX)": self.figures_tex,
+                **{f"figure ({role}, {fmt})": path for role, files in self.figures.items()
+                   for fmt, path in files.items()}}
+
+
 def defense_label(defense: str, variant: str | None) -> str:
     """How a defense is named wherever its rows appear: a variant (a different method, e.g. first-order MLAC) is
     shown next to the name, so it is never read as the original method."""

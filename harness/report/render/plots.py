@@ -6,14 +6,14 @@ The budget figures are small multiples: one panel per defense, each beside the t
 floor a blocked defense sits on, and bert, the unblocked encoder), instead of every defense's band stacked on one
 axis. The interval over seeds is drawn as a band across budgets, or as error bars where there is one budget; the
 majority class of the test pool is a line when the runs tell it (`harness.report.majority`). What the figure shows,
-with the number of seeds, is in its caption (`caption`), also drawn under the figure.
+with the number of seeds, is its caption (`caption`), which the documents showing it print beside it (the HTML
+page, figures.tex of `sdm report`) rather than drawn into it, as a journal's figure wants.
 """
 
 from __future__ import annotations
 
 import io
 import math
-import textwrap
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -158,7 +158,7 @@ def figure_role(tables: LeaderboardTables, role: str, threshold: float | None = 
     panels = panel_defenses(rows)
     columns = min(_PANEL_COLUMNS, math.ceil(math.sqrt(len(panels))))
     lines = math.ceil(len(panels) / columns)
-    fig = new_figure(2.8 * columns + 0.6, 2.3 * lines + 1.1)
+    fig = new_figure(2.8 * columns + 0.6, 2.3 * lines + 0.5)
     axes = fig.subplots(lines, columns, sharex=not single, sharey=True, squeeze=False).ravel()
     by_defense = {d: [r for r in rows if r["defense"] == d] for d in colors}
     for ax, defense in zip(axes, panels):
@@ -196,7 +196,6 @@ def figure_role(tables: LeaderboardTables, role: str, threshold: float | None = 
                 handles.append(handle)
                 names.append(name)
     fig.legend(handles, names, frameon=False, fontsize=8, loc="outside upper center", ncols=min(len(names), 6))
-    fig.supxlabel("\n".join(textwrap.wrap(caption(tables, role), 45 * columns + 20)), fontsize=7, color="#444444")
     return fig
 
 
@@ -230,7 +229,6 @@ def figure_compute(tables: LeaderboardTables, threshold: float | None = None) ->
         tidy(ax)
     axes[0].set_ylabel("test accuracy")
     fig.legend(frameon=False, fontsize=8, loc="outside right center")
-    fig.supxlabel("\n".join(textwrap.wrap(caption(tables, COMPUTE_PLOT), 150)), fontsize=7, color="#444444")
     return fig
 
 

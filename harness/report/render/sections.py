@@ -65,6 +65,15 @@ def cell_text(row: dict[str, Any]) -> str:
     return text + (" †" if row["n_failed_cells"] else "")
 
 
+def harmful_budget_cells(tables: LeaderboardTables) -> tuple[list[int], dict[str, list[str]]]:
+    """The harmful budgets, and per defense its worst-case accuracy text at each (the compact tables' middle)."""
+    rows = [r for r in tables.leaderboard.to_pylist() if r["task_role"] == "harmful" and r["attack"] == WORST_CASE]
+    budgets = sorted({r["budget"] for r in rows})
+    by_key = {(r["defense"], r["budget"]): r for r in rows}
+    return budgets, {d: [cell_text(by_key[(d, b)]) if (d, b) in by_key else "—" for b in budgets]
+                     for d in dict.fromkeys(r["defense"] for r in tables.summary.to_pylist())}
+
+
 def budget_sections(tables: LeaderboardTables) -> list[Section]:
     rows = tables.leaderboard.to_pylist()
     labels = board_labels(tables)
