@@ -31,7 +31,7 @@ body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2r
 h1 { font-size: 1.6rem; margin-bottom: 0.3rem; } h2 { font-size: 1.2rem; margin-top: 2rem; }
 table { border-collapse: collapse; margin: 0.5rem 0 1rem; font-size: 0.85rem; }
 th, td { border: 1px solid #d0d7de; padding: 0.3rem 0.6rem; text-align: right; vertical-align: top; }
-th:first-child, td:first-child, td.text { text-align: left; }
+th:first-child, td:first-child, td.text, th.text { text-align: left; }
 th { background: #f6f8fa; } tr:nth-child(even) td { background: #fbfcfd; }
 th button.sort { all: unset; cursor: pointer; } th button.sort::after { content: " \\2195"; color: #8c959f; }
 th[aria-sort="ascending"] button.sort::after { content: " \\2191"; color: #1f2328; }
@@ -46,7 +46,7 @@ dl { display: grid; grid-template-columns: max-content auto; gap: 0.25rem 1rem; 
 dt { font-weight: 600; } dd { margin: 0; }
 dl.provenance dd { font-family: ui-monospace, monospace; word-break: break-all; }
 details { margin: 0.4rem 0; } summary { cursor: pointer; font-weight: 600; }
-tr.chosen td { font-weight: 600; }
+tr.chosen td, tr.chosen:nth-child(even) td { background: #e6f4ea; }
 """
 
 METRICS = (
@@ -74,8 +74,9 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def html_table(section: Section, table_id: str, links: dict[str, str] | None = None) -> str:
-    """A sortable table with its filter box; `links`: first-column text -> the anchor it links to."""
+def html_table(section: Section, table_id: str, links: dict[str, str] | None = None, tools: str = "") -> str:
+    """A sortable table with its filter box (and `tools` beside it); `links`: first-column text -> the anchor it
+    links to."""
     head = "".join(f"<th>{e(h)}</th>" for h in section.headers)
     rows = []
     for row in section.rows:
@@ -86,7 +87,7 @@ def html_table(section: Section, table_id: str, links: dict[str, str] | None = N
     return (f'<h2 id="{table_id}-title">{e(section.title)}</h2>'
             f'<div class="toolbar"><input type="search" class="filter" data-table="{table_id}" '
             f'placeholder="filter rows" aria-label="filter the rows of {e(section.title)}">'
-            f'<span id="{table_id}-count"></span></div>'
+            f'<span id="{table_id}-count"></span>{tools}</div>'
             f'<table class="sortable" id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody>'
             f"</table>{note}")
 
@@ -101,9 +102,10 @@ def summary_csv(tables: LeaderboardTables) -> str:
 
 
 def drilldown(detail: DefenseDetail) -> str:
-    head = "".join(f"<th>{h}</th>" for h in ("task", "attack", "budget", "seed", "status", "worst case",
-                                             "selected configuration", "trials", "val acc", "test acc (± reruns)",
-                                             "files"))
+    text_columns = {"attack", "status", "worst case", "selected configuration", "files"}
+    head = "".join(f'<th class="text">{h}</th>' if h in text_columns else f"<th>{h}</th>" for h in (
+        "task", "attack", "budget", "seed", "status", "worst case", "selected configuration", "trials", "val acc",
+        "test acc (± reruns)", "files"))
     rows = []
     for c in detail.cells:
         test = "—" if c.test_accuracy is None else f"{c.test_accuracy:.3f}" + (
@@ -135,8 +137,8 @@ def render_html(tables: LeaderboardTables, plots: dict[str, bytes]) -> str:
     facts_html = "".join(f"<dt>{e(f.name)}</dt><dd>{e(f.text)}</dd>" for f in facts)
     summary = summary_section(tables, FORMAT.name)
     anchors = {d.label: f"defense-{slug(d.defense)}" for d in details}
-    download = (f'<p class="toolbar"><a download="summary.csv" href="data:text/csv;charset=utf-8,'
-                f'{quote(summary_csv(tables))}">Download the summary as CSV</a> (every column of summary.parquet)</p>')
+    download = (f'<a download="summary.csv" href="data:text/csv;charset=utf-8,{quote(summary_csv(tables))}">'
+                "download the summary as CSV</a> (every column of summary.parquet)")
     metrics = "".join(f"<dt>{e(term)}</dt><dd>{e(text)}</dd>" for term, text in METRICS)
     figures = "".join(
         f'<figure><img alt="{e(caption(tables, role))}" src="data:image/png;base64,'
@@ -155,13 +157,13 @@ def render_html(tables: LeaderboardTables, plots: dict[str, bytes]) -> str:
         f"<title>sdm-bench leaderboard</title><style>{CSS}</style></head><body>"
         f"<h1>sdm-bench leaderboard</h1>{banner}{cautions}"
         + (f'<dl class="facts" id="facts">{facts_html}</dl>' if facts else "")
-        + html_table(summary, "summary", anchors) + download
+        + html_table(summary, "summary", anchors, download)
         + f'<p class="note">{e(INTRO)}</p>'
         + f'<details id="metrics"><summary>What the columns mean</summary><dl>{metrics}</dl></details>'
         + (f'<h2 id="figures">Figures</h2>{figures}' if figures else "")
         + (f'<h2 id="defenses">Per defense: every cell</h2><p class="note">Each cell: the configuration its '
            "attack search selected on validation, its trials, and the mean test accuracy of that configuration's "
-           "reruns (± their std). Bold: the cell the worst case over attacks took for its seed.</p>"
+           "reruns (± their std). Shaded, \"chosen\": the cell the worst case over attacks took for its seed.</p>"
            + "".join(map(drilldown, details)) if details else "")
         + "".join(rest)
         + f'<h2>Provenance</h2><dl class="provenance">{provenance}</dl>'
