@@ -97,6 +97,39 @@ def test_figures_are_written_as_png_svg_and_pdf_with_seeds_in_the_caption(tmp_pa
     assert "mean over 3 seeds; bands: 95% Student t-interval over seeds" in page
 
 
+def test_figures_are_small_multiples_with_error_bars_at_one_budget(run_with_config: Path):
+    from matplotlib.collections import PolyCollection
+    from matplotlib.container import ErrorbarContainer
+
+    from harness.report.publish import board_tables
+    from harness.report.render.plots import figure_role
+
+    tables = board_tables([run_with_config])
+    floor = tables.summary.column("harmful_majority_accuracy")[0].as_py()
+    harmful = [ax for ax in figure_role(tables, "harmful").axes if ax.get_visible()]
+    assert [ax.get_title() for ax in harmful] == ["mlac"]  # one panel per defense; the baselines are in each
+    [panel] = harmful
+    assert [line.get_label() for line in panel.get_lines()[:3]] == ["random-init", "bert", "mlac"]
+    assert sum(isinstance(c, PolyCollection) for c in panel.collections) == 3  # a band each, across budgets
+    assert any(list(line.get_ydata()) == [floor, floor] for line in panel.get_lines())  # the majority class
+    one_budget = aggregate_one_budget(tables)
+    [desired] = [ax for ax in figure_role(one_budget, "harmful").axes if ax.get_visible()]
+    assert sum(isinstance(c, ErrorbarContainer) for c in desired.containers) == 3
+    assert not any(isinstance(c, PolyCollection) for c in desired.collections)
+    assert [t.get_text() for t in desired.get_xticklabels()] == ["random-init", "bert", "mlac"]
+
+
+def aggregate_one_budget(tables):
+    """The same cells at their largest harmful budget only."""
+    import pyarrow.compute as pc
+
+    from harness.report.aggregate import aggregate
+
+    cells = tables.cells
+    keep = pc.or_(pc.equal(cells["task_role"], "desired"), pc.equal(cells["budget"], 200))
+    return aggregate(cells.filter(keep))
+
+
 # -- in a real browser --------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def browser():

@@ -45,6 +45,7 @@ figcaption { color: #57606a; font-size: 0.8rem; max-width: 62rem; }
 dl { display: grid; grid-template-columns: max-content auto; gap: 0.25rem 1rem; font-size: 0.85rem; }
 dt { font-weight: 600; } dd { margin: 0; }
 dl.provenance dd { font-family: ui-monospace, monospace; word-break: break-all; }
+dl.provenance .term { font-family: system-ui, sans-serif; color: #57606a; }
 details { margin: 0.4rem 0; } summary { cursor: pointer; font-weight: 600; }
 tr.chosen td, tr.chosen:nth-child(even) td { background: #e6f4ea; }
 """
@@ -68,6 +69,18 @@ METRICS = (
                        "learnt nothing"),
     ("† and —", "some cells of the group failed (not counted as results); no data"),
 )
+
+
+# What each provenance entry is, beside its value (a bare hash means nothing to a reader).
+PROVENANCE_TERMS = {
+    "runs": "the run folders (or published cells files) merged into this board",
+    "experiment": "the configs' experiment names", "package_version": "sdm-bench's version",
+    "git_commit": "the commit of the code that ran", "model_id": "the base encoder",
+    "data_fingerprint": "content hash of the loaded corpus", "config_hash": "content hash of each run's config",
+    "selection": "heldout: selection on the attacker's validation rows; reference: on test (optimistic)",
+    "schema_version": "of the results tables", "torch_version": "", "ray_version": "",
+    "hardware": "where the cells ran",
+}
 
 
 def slug(text: str) -> str:
@@ -149,8 +162,10 @@ def render_html(tables: LeaderboardTables, plots: dict[str, bytes]) -> str:
     comparisons = comparison_section(tables)
     rest = ([html_table(comparisons, "comparisons")] if comparisons else []) + [
         html_table(s, slug(s.title)) for s in budget_sections(tables)]
-    provenance = "".join(f"<dt>{e(k)}</dt><dd>{e(v or '—')}</dd>" for k, v in
-                         {"runs": ", ".join(tables.runs), **tables.provenance}.items())
+    provenance = "".join(
+        f"<dt>{e(k.replace('_', ' '))}</dt><dd>{e(v or '—')}"
+        + (f' <span class="term">({e(PROVENANCE_TERMS[k])})</span>' if PROVENANCE_TERMS.get(k) else "") + "</dd>"
+        for k, v in {"runs": ", ".join(tables.runs), **tables.provenance}.items())
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'

@@ -170,10 +170,12 @@ def figure_role(tables: LeaderboardTables, role: str, threshold: float | None = 
             draw_series(ax, by_defense[name], color, labels.get(name, name), style=style, width=width,
                         position=position if single else None)
         if floor is not None:
-            ax.axhline(floor, color="#777777", linestyle=":", linewidth=1.1)
+            ax.axhline(floor, color="#777777", linestyle=":", linewidth=1.1, label=f"majority class {floor:.3f}")
         if threshold is not None:
-            ax.axhline(threshold, color="#999999", linestyle="-.", linewidth=0.8)
-        ax.set_title(labels.get(defense, defense), fontsize=9)
+            ax.axhline(threshold, color="#999999", linestyle="-.", linewidth=0.8,
+                       label=f"data-cost threshold {threshold:.2f}")
+        baseline = defense in (REFERENCE_DEFENSE, CONTROL_DEFENSE)
+        ax.set_title("baselines" if baseline else labels.get(defense, defense), fontsize=9)
         if single:  # one budget: the defenses side by side on a categorical axis
             ax.set_xticks(range(len(series)), labels=[labels.get(n, n) for n, *_ in series], fontsize=7)
             ax.set_xlim(-0.6, len(series) - 0.4)
@@ -195,7 +197,8 @@ def figure_role(tables: LeaderboardTables, role: str, threshold: float | None = 
             if name not in names:
                 handles.append(handle)
                 names.append(name)
-    fig.legend(handles, names, frameon=False, fontsize=8, loc="outside upper center", ncols=min(len(names), 6))
+    fig.legend(handles, names, frameon=False, fontsize=8, loc="outside upper center",
+               ncols=min(len(names), 2 * columns))
     return fig
 
 
