@@ -7,6 +7,7 @@ the tasks, budgets and seeds that make up the cells, the search protocol and whe
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -274,6 +275,20 @@ class ClusterConfig(Strict):
     storage_path: str | None = Field(None, description="shared filesystem path or URI for Ray Tune state")
 
 
+class MlflowTracking(Strict):
+    tracking_uri: str = Field(description="an MLflow tracking URI: a server (http://...) or a local store (file:...)")
+    experiment_name: str | None = Field(None, description="default: the config's experiment")
+
+
+class TrackingConfig(Strict):
+    mlflow: MlflowTracking | None = None
+
+    def missing_packages(self) -> list[str]:
+        """The tracker packages this config needs that are not installed (checked before a run starts)."""
+        wanted = ["mlflow"] if self.mlflow is not None else []
+        return [name for name in wanted if importlib.util.find_spec(name) is None]
+
+
 class ExperimentConfig(Strict):
     experiment: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     model: ModelConfig = ModelConfig()
@@ -289,6 +304,7 @@ class ExperimentConfig(Strict):
     search: SearchConfig = SearchConfig()
     defense_training: DefenseTraining = DefenseTraining()
     cluster: ClusterConfig = ClusterConfig()
+    tracking: TrackingConfig = Field(TrackingConfig(), description="optional: Tune's MLflow logger callback")
     output: str | None = Field(None, description="run directory (default results/runs/<experiment>)")
 
     @field_validator("budgets", "desired_budgets")
@@ -377,5 +393,6 @@ class ExperimentConfig(Strict):
     def content_hash(self) -> str:
         """Hash of everything that defines the results (not where they are written, which cluster runs them, or
         faults injected on purpose)."""
-        payload = self.model_dump(mode="json", exclude={"output": True, "cluster": True, "search": {"fault_injection"}})
+        payload = self.model_dump(mode="json", exclude={"output": True, "cluster": True, "tracking": True,
+                                                     "search": {"fault_injection"}})
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

@@ -68,6 +68,7 @@ def validate_plugins(cfg: ExperimentConfig, origin: str) -> dict[str, Attack]:
     """Instantiate every plugin once so bad names, params and spaces fail before anything runs."""
     from harness.defend import make_defense
     from harness.registry import ATTACKS
+    from harness.tracking import check_tracking
 
     for spec in cfg.defenses:
         make_defense(spec, origin)
@@ -75,6 +76,7 @@ def validate_plugins(cfg: ExperimentConfig, origin: str) -> dict[str, Attack]:
         spec.cell_name: ATTACKS.get(spec.name).from_spec(spec.params, spec.space, origin) for spec in cfg.attacks
     }
     check_search(cfg.search, attacks, origin)
+    check_tracking(cfg.tracking, origin)
     return attacks
 
 

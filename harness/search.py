@@ -34,6 +34,7 @@ from harness.plan import Cell, max_steps
 from harness.results import CellResult, CurvePoint, TrialResult
 from harness.plugins import Attack
 from harness.space import Fixed, IntRange, LogUniform, Space, Uniform, to_tune
+from harness.tracking import tracking_callbacks
 from harness.trial import CHECK, FINAL, METRIC, config_json, derive_seed, proxy_trial, trial_seed
 from harness.workers import CellPayload, WorkerPool
 
@@ -178,7 +179,8 @@ def run_cell(
                 storage_path=storage,
                 stop=PlateauStopper(search.plateau_patience),
                 failure_config=tune.FailureConfig(max_failures=search.max_failures),
-                callbacks=[_TrialCounter(on_trial), _StopCutTrials(pool)],
+                callbacks=[_TrialCounter(on_trial), _StopCutTrials(pool),
+                           *tracking_callbacks(cfg.tracking, cfg.experiment, cell)],
                 verbose=0,
             ),
         )
