@@ -191,12 +191,19 @@ def figure_role(tables: LeaderboardTables, role: str, threshold: float | None = 
         ax.set_ylabel("test accuracy", fontsize=8)
     for ax in axes[(lines - 1) * columns:] if not single else axes[:len(panels)]:
         ax.set_xlabel(f"{role} training examples" + (f": {budgets[0]}" if single else ""), fontsize=8)
+    # The legend names what every panel shares (the baselines, the lines); each panel's title names its defense.
+    shown = {labels.get(d, d) for d in panels if d not in (REFERENCE_DEFENSE, CONTROL_DEFENSE)}
     handles, names = [], []
     for ax in axes[:len(panels)]:
         for handle, name in zip(*ax.get_legend_handles_labels()):
-            if name not in names:
+            if name not in names and name not in shown:
                 handles.append(handle)
                 names.append(name)
+    if shown:
+        from matplotlib.lines import Line2D
+
+        handles.insert(2, Line2D([], [], color=colors[panels[0]], linewidth=2.0, marker="o", markersize=3))
+        names.insert(2, "the panel's defense")
     fig.legend(handles, names, frameon=False, fontsize=8, loc="outside upper center",
                ncols=min(len(names), 2 * columns))
     return fig
