@@ -243,6 +243,21 @@ def leaderboard(
 
 
 @app.command()
+def report(
+    run_dirs: Annotated[list[Path], typer.Argument(metavar="RUN_DIR", help="run directories to merge")],
+    out: Annotated[Optional[Path], typer.Option(help="output folder (default <first RUN_DIR>/report)")] = None,
+    threshold: Annotated[
+        Optional[float], typer.Option(help="fixed harmful-task accuracy for the data cost (default: halfway "
+                                           "between random-init and bert at the largest budget)")] = None,
+) -> None:
+    """For a paper: the figures (PNG, SVG, PDF), the summary as a LaTeX booktabs table, figures.tex."""
+    from harness.report.publish import write_report
+
+    for name, path in write_report(run_dirs, out, threshold=threshold).paths().items():
+        typer.echo(f"{name}: {path}")
+
+
+@app.command()
 def compare(
     published: Annotated[Path, typer.Argument(metavar="PUBLISHED",
                                               help="published cells: a run directory or a cells .parquet file")],

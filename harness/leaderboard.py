@@ -6,8 +6,10 @@ A public façade over the report stage, `harness.report`, laid out by its data f
 - `harness.report.aggregate`: cells -> the leaderboard, summary and comparisons tables (how the numbers are made:
   its docstring);
 - `harness.report.columns`: the summary's columns, one entry each (schema, computation, where shown);
-- `harness.report.render`: one module per output format (Markdown, HTML, terminal, plots) and their registry;
-- `harness.report.publish`: `build_leaderboard`, writing every file atomically.
+- `harness.report.majority`: the majority-class accuracy of each task's test pool, read from the runs' data;
+- `harness.report.render`: one module per output format (Markdown, HTML, LaTeX, terminal, figures) and their registry;
+- `harness.report.publish`: `build_leaderboard` (every file of a board) and `write_report` (`sdm report`: figures and
+  LaTeX for a paper), writing every file atomically.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 from harness.report.aggregate import aggregate, comparison_pairs
 from harness.report.columns import SUMMARY_COLUMNS, SUMMARY_SCHEMA, Column, View
 from harness.report.merge import merge_curves, merge_runs
-from harness.report.publish import build_leaderboard, default_out
+from harness.report.publish import build_leaderboard, default_out, write_report
 from harness.report.render import (
     FORMATS,
     OutputFormat,
@@ -35,11 +37,14 @@ from harness.report.tables import (
     WORST_CASE,
     LeaderboardFiles,
     LeaderboardTables,
+    ReportFiles,
 )
 
 __all__ = [
     "BUDGET_LIMITED", "COMPARISON_SCHEMA", "CURVES_SCHEMA", "FORMATS", "LEADERBOARD_SCHEMA", "SUMMARY_COLUMNS",
-    "SUMMARY_SCHEMA", "WORST_CASE", "Column", "LeaderboardFiles", "LeaderboardTables", "OutputFormat", "View",
+    "SUMMARY_SCHEMA", "WORST_CASE", "Column", "LeaderboardFiles", "LeaderboardTables", "OutputFormat", "ReportFiles",
+    "View",
     "aggregate", "build_leaderboard", "comparison_pairs", "data_cost", "default_out", "defense_colors", "merge_curves",
     "merge_runs", "plot_compute", "plot_role", "register_format", "render_html", "render_markdown", "render_terminal",
+    "write_report",
 ]

@@ -5,6 +5,9 @@ any change to the numbers or to their rendering shows here. Regenerated once sin
 diagnostics came: every earlier column and value is unchanged; the leaderboard table gained `n_still_improving`,
 `n_at_edge`, `search_edges` and the summary `compute_cost_*` and `search_*` columns, all null for these old cells
 (but `compute_cost_flag`, "no curve"), and the Markdown and HTML summary a "compute cost" column reading "—".
+Regenerated again when the HTML page became sortable, with a drill-down (issue 22): the leaderboard, comparisons,
+Markdown and terminal copies are unchanged; the summary gained `harmful_majority_accuracy` and
+`desired_majority_accuracy`, null here (these published folders hold no run.json to read the test pools from).
 Checked: the leaderboard, summary and comparisons Parquet tables (schema, metadata and values), the Markdown, the
 HTML with its embedded plots cut out (PNG bytes depend on matplotlib and its fonts), and the terminal table as rich
 prints it at a fixed width.

@@ -167,6 +167,7 @@ class DefenseFacts:
     verdict_cells: list[dict[str, Any]]  # ok harmful cells at the budgets the verdict compares
     search_limited: bool | None  # any of them budget-limited (still improving, at an edge); None: unknown
     compute: dict[int, tuple[float | None, float | None, str]]  # budget -> (steps, examples seen, flag)
+    majority: dict[str, float]  # task -> majority-class accuracy of its test pool; {} when the runs cannot tell
 
     def joined(self, column: str) -> str | None:
         """The defense's distinct values of a cells column (see `joined`)."""
@@ -203,8 +204,10 @@ def validation_rows(cells: list[dict[str, Any]], defense: str, budget: int) -> i
 def defense_facts(
     groups: dict[tuple, Group], cells: list[dict[str, Any]], defenses: list[str], threshold: float | None,
     margin: float, utility_margin: float, curves: dict[CellIndex, list] | None = None,
+    majority: dict[str, float] | None = None,
 ) -> list[DefenseFacts]:
-    """One `DefenseFacts` per defense, in board order; `curves` from `rerun_test_curves`."""
+    """One `DefenseFacts` per defense, in board order; `curves` from `rerun_test_curves`; `majority` task ->
+    majority-class accuracy of its test pool (`harness.report.majority`)."""
     worst = worst_by_role(groups)
     tasks = tasks_by_role(groups)
     # The two tasks may have their own budgets (`desired_budgets`).
@@ -261,6 +264,7 @@ def defense_facts(
             validation_rows=val_rows, cost_with_validation=cost_val, verdict_cells=verdict_cells,
             search_limited=limited,
             compute=compute_costs(harmful, defense, tasks.get("harmful"), curves or {}, threshold),
+            majority=majority or {},
         ))
     return facts
 
@@ -301,12 +305,14 @@ def aggregate(
     threshold: float | None = None,
     block_margin: float = BLOCK_MARGIN,
     utility_margin: float = UTILITY_MARGIN,
+    majority: dict[str, float] | None = None,
 ) -> LeaderboardTables:
     """Leaderboard, summary and comparisons tables from a (merged) cells table with CELL_SCHEMA columns.
 
     Columns added to the cells later (`validation_rows`, `defense_seeding`, `defense_seed`, `defense_variant`) may
     be absent: they read as null. `threshold` None: relative to the reference curves (see `relative_threshold`).
     `curves`: the runs' curves tables (CURVE_SCHEMA), for the compute curves and costs; None: the runs wrote none.
+    `majority`: task -> majority-class accuracy of its test pool (`harness.report.majority`); None: unknown.
     """
     rows = cells.to_pylist()
     if any(r["attack"] == WORST_CASE for r in rows):
@@ -317,7 +323,7 @@ def aggregate(
     keys = sorted(groups, key=lambda k: row_order(k, defenses))
     leaderboard = to_table([leaderboard_row(k, groups[k]) for k in keys], LEADERBOARD_SCHEMA, "leaderboard")
     index = rerun_test_curves(curves)
-    facts = defense_facts(groups, rows, defenses, threshold, block_margin, utility_margin, index)
+    facts = defense_facts(groups, rows, defenses, threshold, block_margin, utility_margin, index, majority)
     summary = columns.summary_table(facts)
     curve_table = to_table(curve_rows(groups, keys, index), CURVES_SCHEMA, "curves")
     comparisons = to_table(comparison_rows(groups, defenses), COMPARISON_SCHEMA, "comparisons")
@@ -327,4 +333,4 @@ def aggregate(
     }
     cautions = mixed_weights_cautions(rows) + shared_seeding_cautions(rows) + search_cautions(facts)
     return LeaderboardTables(leaderboard, summary, comparisons, provenance=provenance, cautions=cautions,
-                             curves=curve_table)
+                             curves=curve_table, cells=cells)

@@ -170,6 +170,8 @@ SUMMARY_COLUMNS: tuple[Column, ...] = (
     Column("harmful_accuracy_mean", pa.float64(), lambda f: _mean(m for _, m in f.curve), (
         View(BOARD, 40, "harmful acc (mean over budgets)", lambda r: fmt_number(r["harmful_accuracy_mean"])),
     )),
+    # always answering the test pool's most frequent class (`harness.report.majority`); null: the runs cannot tell
+    Column("harmful_majority_accuracy", pa.float64(), lambda f: f.majority.get(f.tasks.get("harmful"))),
     # vs random-init, paired by seed, mean over budgets (descriptive)
     Column("harmful_gap", pa.float64(), lambda f: _mean(f.gaps), (
         View(BOARD, 30, "mean gap over budgets [95% CI]", gap_text),
@@ -207,6 +209,7 @@ SUMMARY_COLUMNS: tuple[Column, ...] = (
         View(TERMINAL, 50, lambda first: f"desired\n@ {first.get('desired_max_budget') or '—'}",
              lambda r: fmt_number(r["desired_accuracy_max_budget"]), no_wrap=True),
     )),
+    Column("desired_majority_accuracy", pa.float64(), lambda f: f.majority.get(f.tasks.get("desired"))),
     Column("max_budget", pa.int64(), lambda f: f.max_budget),  # largest harmful budget (cost beyond: "> max")
     Column("desired_max_budget", pa.int64(), lambda f: f.desired_max_budget),  # of desired_accuracy_max_budget
     Column("utility_margin", pa.float64(), lambda f: f.utility_margin),

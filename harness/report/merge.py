@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from harness.errors import UserError
 from harness.report.tables import ROLES
-from harness.results import CURVE_SCHEMA, SCHEMA_VERSION, read_cells, read_curves
+from harness.results import CELL_SCHEMA, CURVE_SCHEMA, SCHEMA_VERSION, conform, read_cells, read_curves
 
 SHARED_SEEDING = "shared"
 
@@ -108,17 +109,19 @@ def _run_facts(run: Path, cells: pa.Table) -> dict[str, str]:
 
 
 def merge_runs(run_dirs: list[Path]) -> tuple[pa.Table, tuple[str, ...]]:
-    """The cells of all runs as one table; refuses runs that measured different things."""
+    """The cells of all runs as one table; refuses runs that measured different things. A run is a run directory
+    or a published cells .parquet file (results/reproduce/cells.parquet)."""
     if not run_dirs:
         raise UserError("no run directory given")
     seen: dict[str, tuple[str, Path]] = {}  # fact -> (value, first run that had it)
     owners: dict[tuple, Path] = {}  # cell key -> run
     tables = []
     for run in map(Path, run_dirs):
-        if not run.is_dir():
-            raise UserError(f"run '{run}': not a directory")
+        published = run.is_file() and run.suffix == ".parquet"  # a cells table as results/ publishes it
+        if not run.is_dir() and not published:
+            raise UserError(f"run '{run}': not a directory (nor a cells .parquet file)")
         try:
-            cells = read_cells(run)
+            cells = conform(pq.read_table(run), CELL_SCHEMA) if published else read_cells(run)
         except (pa.ArrowException, KeyError, ValueError, OSError) as exc:
             raise UserError(f"run '{run}': cells table unreadable with schema version {SCHEMA_VERSION} ({exc})") from None
         if cells.num_rows == 0:
@@ -134,16 +137,19 @@ def merge_runs(run_dirs: list[Path]) -> tuple[pa.Table, tuple[str, ...]]:
                 raise UserError(f"cannot merge runs '{owners[key]}' and '{run}': both hold cell {row['cell_id']}")
             owners[key] = run
         tables.append(cells)
-    return pa.concat_tables(tables), tuple(Path(r).resolve().name for r in run_dirs)
+    return pa.concat_tables(tables), tuple(run_name(Path(r)) for r in run_dirs)
+
+
+def run_name(run: Path) -> str:
+    """How the board names a run: its folder's name, or a published cells file's folder and name."""
+    run = run.resolve()
+    return f"{run.parent.name}/{run.name}" if run.is_file() else run.name
 
 
 def merge_curves(run_dirs: list[Path], cells: pa.Table) -> pa.Table:
     """The curves of all runs (CURVE_SCHEMA) for the merged cells: a run's per-cell curve files, or its run-level
     curves.parquet when it has only that (a published folder); empty for runs written before curves existed."""
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    from harness.results import conform
 
     tables = []
     for run in map(Path, run_dirs):

@@ -86,6 +86,15 @@ COMPARISON_SCHEMA = pa.schema(
 
 
 @dataclass(frozen=True)
+class CellFiles:
+    """Where a cell's files lie, relative to the board's folder (what the HTML page links); None: not there (a
+    published folder holds cells tables only)."""
+
+    config: str | None  # the run's run.json: the config the cell was measured with
+    trials: str | None  # the cell's trials.parquet: every search trial and rerun
+
+
+@dataclass(frozen=True)
 class LeaderboardTables:
     leaderboard: pa.Table
     summary: pa.Table
@@ -94,6 +103,8 @@ class LeaderboardTables:
     provenance: dict[str, str] = field(default_factory=dict)
     cautions: tuple[str, ...] = ()  # what a reader must know before trusting a row, e.g. mixed defense weights
     curves: pa.Table | None = None  # CURVES_SCHEMA: the worst case's compute curves
+    cells: pa.Table | None = None  # the merged cells the tables were aggregated from (the HTML page's drill-down)
+    files: dict[str, CellFiles] = field(default_factory=dict)  # cell_id -> its files, for the drill-down's links
 
 
 @dataclass(frozen=True)
@@ -103,7 +114,7 @@ class LeaderboardFiles:
     summary: Path
     comparisons: Path
     documents: dict[str, Path]  # output format -> file, in registration order ("markdown", "html", ...)
-    plots: dict[str, Path]  # task role (or COMPUTE_PLOT) -> PNG
+    plots: dict[str, Path]  # task role (or COMPUTE_PLOT) -> PNG (an SVG and a PDF of the same figure beside it)
     cautions: tuple[str, ...] = ()
     curves: Path | None = None  # curves.parquet (CURVES_SCHEMA)
 
@@ -124,6 +135,21 @@ class LeaderboardFiles:
         return {"leaderboard": self.leaderboard, "summary": self.summary, "comparisons": self.comparisons,
                 **({"compute curves": self.curves} if self.curves is not None else {}),
                 **self.documents, **{f"plot ({role})": path for role, path in self.plots.items()}}
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """What `sdm report` writes for a paper: the figures in every format, the summary table and the figures' LaTeX."""
+
+    out: Path
+    figures: dict[str, dict[str, Path]]  # task role (or COMPUTE_PLOT) -> format (png, svg, pdf) -> file
+    table: Path  # summary.tex (booktabs)
+    figures_tex: Path  # figures.tex: a figure environment per figure, with its caption
+
+    def paths(self) -> dict[str, Path]:
+        return {"table (LaTeX)": self.table, "figures (LaTeX)": self.figures_tex,
+                **{f"figure ({role}, {fmt})": path for role, files in self.figures.items()
+                   for fmt, path in files.items()}}
 
 
 def defense_label(defense: str, variant: str | None) -> str:

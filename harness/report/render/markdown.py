@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness.report.render.sections import INTRO, OutputFormat, Section, sections
+from harness.report.render.sections import INTRO, OutputFormat, Section, majority_note, sections
 from harness.report.tables import LeaderboardTables
 
 
@@ -21,7 +21,8 @@ def render_markdown(tables: LeaderboardTables, plots: dict[str, bytes] | None = 
     """The board as Markdown; the plots are files beside it, so `plots` is not read."""
     runs = ", ".join(tables.runs) or "—"
     cautions = "".join(f"**Caution:** {c}.\n\n" for c in tables.cautions)
-    header = f"# sdm-bench leaderboard\n\nRuns: {runs}.\n\n{cautions}{INTRO}\n"
+    majority = f"\n{majority_note(tables)}\n" if majority_note(tables) else ""
+    header = f"# sdm-bench leaderboard\n\nRuns: {runs}.\n\n{cautions}{INTRO}\n{majority}"
     return "\n".join([header, *map(markdown_table, sections(tables, FORMAT.name))])
 
 

@@ -65,6 +65,15 @@ def cell_text(row: dict[str, Any]) -> str:
     return text + (" †" if row["n_failed_cells"] else "")
 
 
+def harmful_budget_cells(tables: LeaderboardTables) -> tuple[list[int], dict[str, list[str]]]:
+    """The harmful budgets, and per defense its worst-case accuracy text at each (the compact tables' middle)."""
+    rows = [r for r in tables.leaderboard.to_pylist() if r["task_role"] == "harmful" and r["attack"] == WORST_CASE]
+    budgets = sorted({r["budget"] for r in rows})
+    by_key = {(r["defense"], r["budget"]): r for r in rows}
+    return budgets, {d: [cell_text(by_key[(d, b)]) if (d, b) in by_key else "—" for b in budgets]
+                     for d in dict.fromkeys(r["defense"] for r in tables.summary.to_pylist())}
+
+
 def budget_sections(tables: LeaderboardTables) -> list[Section]:
     rows = tables.leaderboard.to_pylist()
     labels = board_labels(tables)
@@ -104,6 +113,15 @@ def summary_note(tables: LeaderboardTables) -> str:
             f"'blocked, utility lost'. Data cost: harmful training examples to reach {threshold} accuracy "
             f"(threshold: {rule}), interpolated between budgets; 'with validation rows' adds the labelled validation "
             "rows the attacker selected on." + attacker_note(tables.summary.to_pylist()))
+
+
+def majority_note(tables: LeaderboardTables) -> str:
+    """"Majority class of the test pool: gender 0.523 (harmful), profession 0.282 (desired)": what always answering
+    the most frequent class scores, the floor to read random-init against; "" when the runs cannot tell."""
+    first = tables.summary.slice(0, 1).to_pylist()[0] if tables.summary.num_rows else {}
+    parts = [f"{first.get(f'{role}_task')} {first[f'{role}_majority_accuracy']:.3f} ({role})" for role in ROLES
+             if first.get(f"{role}_majority_accuracy") is not None]
+    return f"Majority class of the test pool: {', '.join(parts)}." if parts else ""
 
 
 def attacker_note(rows: list[dict[str, Any]]) -> str:

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 from harness.report import columns
 from harness.report.columns import TERMINAL
-from harness.report.render.sections import cell_text, summary_note
-from harness.report.tables import WORST_CASE, LeaderboardFiles, LeaderboardTables
+from harness.report.render.sections import harmful_budget_cells, majority_note, summary_note
+from harness.report.tables import LeaderboardFiles, LeaderboardTables
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -20,13 +20,12 @@ def render_terminal(source: LeaderboardFiles | LeaderboardTables) -> Table:
     from rich.table import Table
 
     tables = source.read() if isinstance(source, LeaderboardFiles) else source
-    rows = [r for r in tables.leaderboard.to_pylist() if r["task_role"] == "harmful" and r["attack"] == WORST_CASE]
     summary = tables.summary.to_pylist()
-    budgets = sorted({r["budget"] for r in rows})
-    by_key = {(r["defense"], r["budget"]): r for r in rows}
-    task = rows[0]["task"] if rows else "harmful task"
+    budgets, cells = harmful_budget_cells(tables)
+    task = next((r["task"] for r in tables.leaderboard.to_pylist() if r["task_role"] == "harmful"), "harmful task")
     first = summary[0] if summary else {}
-    caption = " ".join([*(f"Caution: {c}." for c in tables.cautions), summary_note(tables)])
+    caption = " ".join([*(f"Caution: {c}." for c in tables.cautions), *filter(None, [majority_note(tables)]),
+                        summary_note(tables)])
     table = Table(title=f"{task}: attacker's validation-best attack (mean ± 95% CI half-width over seeds)",
                   caption=escape(caption))
     head, *rest = columns.shown(TERMINAL)
@@ -41,6 +40,5 @@ def render_terminal(source: LeaderboardFiles | LeaderboardTables) -> Table:
         texts = [escape(view.text(r)) for view in (head, *rest)]
         styles = [view.cell_style(r) if view.cell_style else None for view in (head, *rest)]
         texts = [f"[{style}]{text}[/]" if style else text for text, style in zip(texts, styles)]
-        cells = [cell_text(by_key[(r["defense"], b)]) if (r["defense"], b) in by_key else "—" for b in budgets]
-        table.add_row(texts[0], *cells, *texts[1:])
+        table.add_row(texts[0], *cells[r["defense"]], *texts[1:])
     return table
