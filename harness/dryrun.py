@@ -90,7 +90,7 @@ def dry_run(cfg: ExperimentConfig, origin: str, address: str | None = None) -> D
             not_checked.append(f"resources: {'; '.join(short)}, so it needs a cluster (--address)")
         else:
             checked.append("resources (against this machine)")
-    precision = resolve_precision(cfg.model.precision, training_device())
+    precision = resolve_precision(cfg.model.precision, training_device(cfg))
     return DryRun(plan, checked, not_checked, estimate_cost(cfg, plan, attacks, precision))
 
 
