@@ -98,11 +98,12 @@ def resources_short_here(cfg: ExperimentConfig) -> list[str]:
     """The resource requests this machine cannot meet, e.g. "defense_training.resources.gpu 1 (this machine has 0)"."""
     import torch
 
+    from harness.resources import resource_requests
+
     have = {"cpu": float(os.cpu_count() or 1), "gpu": float(torch.cuda.device_count())}
-    asks = {"search.resources_per_trial": cfg.search.resources_per_trial,
-            "defense_training.resources": cfg.defense_training.resources}
     return [f"{where}.{kind} {getattr(resources, kind):g} (this machine has {have[kind]:g})"
-            for where, resources in asks.items() for kind in ("cpu", "gpu") if getattr(resources, kind) > have[kind]]
+            for where, resources in resource_requests(cfg).items() for kind in ("cpu", "gpu")
+            if getattr(resources, kind) > have[kind]]
 
 
 def summary_lines(dry: DryRun, cfg: ExperimentConfig) -> list[str]:

@@ -47,14 +47,18 @@ def describe(resources: Resources) -> str:
     return f"{{cpu: {resources.cpu:g}, gpu: {resources.gpu:g}}}"
 
 
+def resource_requests(cfg: ExperimentConfig) -> dict[str, Resources]:
+    """Every resource request of a run, by the config field that makes it."""
+    return {"search.resources_per_trial": cfg.search.resources_per_trial,
+            "defense_training.resources": cfg.defense_training.resources}
+
+
 def check_requests(cfg: ExperimentConfig, nodes: list[dict[str, float]], where: str, hint: str = "") -> None:
     """Refuse a run whose defense trainings or trial workers fit on no node of the cluster. `where` names the
     cluster ("this machine's Ray instance"); `hint` ends the message (what else the user may mean)."""
     if cfg.cluster.autoscaling:
         return
-    asks = {"search.resources_per_trial": cfg.search.resources_per_trial,
-            "defense_training.resources": cfg.defense_training.resources}
-    for field, resources in asks.items():
+    for field, resources in resource_requests(cfg).items():
         if any(per_node(resources, node) >= 1 for node in nodes):
             continue
         for kind, wanted in (("cpu", resources.cpu), ("gpu", resources.gpu)):
