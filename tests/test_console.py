@@ -15,25 +15,17 @@ from rich.progress import Progress
 from rich.table import Table
 
 from harness.console import StepBar, TrialsBar, make_console, print_wide
-from tests.conftest import ROOT, SMOKE, sdm_command
+from tests.conftest import ROOT, SmokeRun
 
 ANSI = re.compile(r"\x1b\[")
 
 
 @pytest.fixture(scope="module")
-def smoke_output(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """The smoke config through the CLI with a cache of its own (so its defenses train, in Ray tasks) and a plateau
-    stop after one trial without improvement, so searches end while trials still run (the teardown that printed
-    Ray's "Exception ignored ... SystemExit")."""
-    work = tmp_path_factory.mktemp("console")
-    env = {**os.environ, "SDM_CACHE_DIR": str(work / "cache")}
-    for name in ("TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS", "RAY_COLOR_PREFIX"):
-        env.pop(name, None)  # what the CLI itself must set
-    result = subprocess.run([*sdm_command(), "run", str(SMOKE), "--out", str(work / "run"),
-                             "--set", "search.plateau_patience=1"],
-                            cwd=work, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return work, result.stdout + result.stderr
+def smoke_output(smoke_run: SmokeRun) -> tuple[Path, str]:
+    """The shared smoke run (tests/conftest.py): its defenses train, in Ray tasks, into a cache of its own, with the
+    console variables the CLI must set itself unset, and a plateau stop after one trial without improvement, so
+    searches end while trials still run (the teardown that printed Ray's "Exception ignored ... SystemExit")."""
+    return smoke_run.work, smoke_run.stdout + smoke_run.stderr
 
 
 def test_a_smoke_run_prints_no_traceback_warning_or_colour_code(smoke_output):

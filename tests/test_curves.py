@@ -4,7 +4,6 @@ by a real smoke run, and the leaderboard's compute cost and curves read from the
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -13,27 +12,21 @@ import pytest
 from harness import results
 from harness.leaderboard import CURVES_SCHEMA, aggregate, build_leaderboard
 from harness.report.stats import first_crossing, mean_curve
-from tests.conftest import SMOKE, sdm_command
+from tests.conftest import SMOKE_EVAL_EVERY, SmokeRun
 from tests.test_leaderboard import cell, table
 
-EVAL_EVERY = 5
+EVAL_EVERY = SMOKE_EVAL_EVERY
 
 
 @pytest.fixture(scope="module")
-def curve_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The smoke config with a validation check every 5 steps, on the harmful task (4 cells)."""
-    work = tmp_path_factory.mktemp("curves")
-    out = work / "run"
-    args = ["--set", f"search.eval_every={EVAL_EVERY}", "--set", "tasks.attacked=[harmful]"]
-    result = subprocess.run([*sdm_command(), "run", str(SMOKE), "--out", str(out), *args], cwd=work,
-                            capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
+def curve_run(smoke_run: SmokeRun) -> Path:
+    """The shared smoke run: a validation check every EVAL_EVERY steps, both tasks (8 cells)."""
+    return smoke_run.out
 
 
 def test_curves_are_written_per_cell_and_per_run(curve_run: Path):
     cells = results.read_cells(curve_run).to_pylist()
-    assert len(cells) == 4 and {c["status"] for c in cells} == {"ok"}
+    assert len(cells) == 8 and {c["status"] for c in cells} == {"ok"}
     trials = results.read_trials(curve_run).to_pylist()
     curves = results.read_curves(curve_run)
     assert curves.schema == results.CURVE_SCHEMA
@@ -50,9 +43,13 @@ def test_curves_are_written_per_cell_and_per_run(curve_run: Path):
                                     if r["trial_id"] == t["trial_id"] and r["split"] == split)
                       for split in ("validation", "test")}
             params = json.loads(t["hyperparameters"])
-            assert checks["validation"], t["trial_id"]
             # a check every eval_every steps, and one at the last step
             assert all(s % EVAL_EVERY == 0 or s == params["steps"] for s, _ in checks["validation"])
+            if t["status"] == "stopped":  # ended by the plateau stop, maybe before its first check
+                assert not checks["test"] and t["test_accuracy"] is None
+                assert t["steps_run"] is None or all(s <= t["steps_run"] for s, _ in checks["validation"])
+                continue
+            assert checks["validation"], t["trial_id"]
             assert checks["validation"][-1][0] == t["steps_run"]
             if t["phase"] == "search":
                 # selection never sees test: no search trial has a test check
@@ -86,7 +83,8 @@ def test_leaderboard_compute_cost_comes_from_the_curves(curve_run: Path, tmp_pat
     assert files.plots["harmful-steps"].read_bytes().startswith(b"\x89PNG")
     summary = {r["defense"]: r for r in pq.read_table(files.summary).to_pylist()}
     threshold = summary["bert"]["data_cost_threshold"]
-    cells = {(c["defense"], c["budget"]): c for c in results.read_cells(curve_run).to_pylist()}
+    cells = {(c["defense"], c["budget"]): c for c in results.read_cells(curve_run).to_pylist()
+             if c["task_role"] == "harmful"}
     rows = results.read_curves(curve_run).to_pylist()
     for defense, r in summary.items():
         assert r["compute_cost_flag"] in ("interpolated", "<=first check", ">last check")
@@ -103,7 +101,7 @@ def test_leaderboard_compute_cost_comes_from_the_curves(curve_run: Path, tmp_pat
         batch = json.loads(c["best_hyperparameters"])["batch_size"]
         assert r["compute_cost_examples"] == (pytest.approx(steps * batch) if steps is not None else None)
         mine = [(p["step"], p["test_accuracy_mean"]) for p in board_curves.to_pylist()
-                if p["defense"] == defense and p["budget"] == 60]
+                if p["defense"] == defense and p["task_role"] == "harmful" and p["budget"] == 60]
         assert mine == [(int(x), pytest.approx(m)) for x, m in curve]
     markdown = files.markdown.read_text()
     assert f"compute cost to {threshold:.2f} @ 60" in markdown and "Compute cost: attacker steps" in markdown

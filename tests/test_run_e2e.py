@@ -10,24 +10,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from harness.results import SCHEMA_VERSION, read_cells, read_curves, read_trials
-from tests.conftest import SMOKE, sdm_command
+from tests.conftest import SMOKE, SmokeRun, sdm_command
 
 
 def sdm(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([*sdm_command(), *args], cwd=cwd, capture_output=True, text=True, timeout=900)
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
-    work = tmp_path_factory.mktemp("e2e")
-    out = work / "run"
-    result = sdm("run", str(SMOKE), "--out", str(out), cwd=work)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out, result
-
-
-def test_run_writes_trials_and_cells(smoke_run):
-    out, result = smoke_run
+def test_run_writes_trials_and_cells(smoke_run: SmokeRun):
+    out = smoke_run.out
     cells = read_cells(out).to_pylist()
     # 2 defenses x 1 attack x 2 tasks x 2 budgets x 1 seed
     assert len(cells) == 8 and {c["status"] for c in cells} == {"ok"}
@@ -54,29 +45,32 @@ def test_run_writes_trials_and_cells(smoke_run):
     assert row["data_fingerprint"] and row["defense_fingerprint"] and row["torch_version"]
     meta = pq.read_schema(out / "cells.parquet").metadata
     assert meta[b"sdm_bench_schema_version"] == str(SCHEMA_VERSION).encode()
-    assert "cells:" in result.stdout and "leaderboard" in result.stdout
-    # curves: without eval_every, one check per trial at its last step; test checks for reruns only
+    assert "cells:" in smoke_run.stdout and "leaderboard" in smoke_run.stdout
+    # curves (tests/test_curves.py checks them point by point): test checks for reruns only, of both reruns
     curves = read_curves(out).to_pylist()
-    assert pq.read_table(out / "curves.parquet").num_rows == len(curves) and "curves:" in result.stdout
+    assert pq.read_table(out / "curves.parquet").num_rows == len(curves) and "curves:" in smoke_run.stdout
     assert {(c["phase"], c["split"]) for c in curves} == {("search", "validation"), ("rerun", "validation"),
                                                             ("rerun", "test")}
-    assert len([c for c in curves if c["split"] == "test"]) == 2 * len(cells)
+    assert {(c["cell_id"], c["trial_id"]) for c in curves if c["split"] == "test"} == {
+        (cell["cell_id"], f"rerun-{i}") for cell in cells for i in range(2)}
     assert all(c["search_best_trial"] is not None and c["search_still_improving"] is not None for c in cells)
     assert (out / "leaderboard" / "leaderboard.html").stat().st_size > 0
 
 
-def test_rerun_skips_finished_cells(smoke_run):
-    out, _ = smoke_run
+def test_rerun_skips_finished_cells(smoke_run: SmokeRun):
+    out = smoke_run.out
     before = read_trials(out).num_rows
-    result = sdm("run", str(SMOKE), "--out", str(out), cwd=out.parent)
+    result = smoke_run.again()
     assert result.returncode == 0, result.stderr[-2000:]
     assert "0 cells run, 8 already finished" in result.stderr
     assert read_trials(out).num_rows == before
 
 
-def test_a_labelled_entry_runs_beside_its_plugin_and_merges_onto_one_leaderboard(smoke_run, tmp_path: Path):
+def test_a_labelled_entry_runs_beside_its_plugin_and_merges_onto_one_leaderboard(
+    smoke_run: SmokeRun, tmp_path: Path
+) -> None:
     """An ablation: bert again with other params under its own label, in a run of its own, merged with the first."""
-    out, _ = smoke_run
+    out = smoke_run.out
     ablation = tmp_path / "ablation"
     result = sdm("run", str(SMOKE), "--out", str(ablation), "--set",
                  "defenses=[{name: bert, label: bert-long, params: {steps: 40, lr: 1.0e-3, batch_size: 16}}]",
