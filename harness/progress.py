@@ -27,8 +27,9 @@ class ProgressBoard:
     def report(self, key: str, step: int, metrics: dict[str, float]) -> None:
         self.latest[key] = (step, metrics)
 
-    def take(self, key: str) -> tuple[int, dict[str, float]] | None:
-        return self.latest.pop(key, None)
+    def take_all(self) -> dict[str, tuple[int, dict[str, float]]]:
+        latest, self.latest = self.latest, {}
+        return latest
 
 
 class BoardReporter:
@@ -47,12 +48,22 @@ class BoardReporter:
             self.board.report.remote(self.key, step, {k: float(v) for k, v in metrics.items()})
 
 
-def get_reporting(ref: Any, board: Any, key: str, on_report: Callable[[int, dict[str, float]], None]) -> Any:
-    """`ray.get(ref)`, passing the task's reports under `key` to `on_report` while it runs."""
-    while True:
-        ready, _ = ray.wait([ref], timeout=POLL_S)
-        report = ray.get(board.take.remote(key))
-        if report is not None:
-            on_report(*report)
-        if ready:
-            return ray.get(ref)
+def gather_reporting(
+    refs: dict[str, Any],
+    board: Any,
+    on_report: dict[str, Callable[[int, dict[str, float]], None]],
+    on_done: Callable[[str, Any], None],
+) -> dict[str, Any]:
+    """`ray.get` of every task in `refs` (by key), in whatever order they finish: while they run, each task's reports
+    under its key go to `on_report[key]`, and each result goes to `on_done(key, result)` as it comes."""
+    pending = {ref: key for key, ref in refs.items()}
+    results: dict[str, Any] = {}
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=POLL_S)
+        for key, report in ray.get(board.take_all.remote()).items():
+            on_report[key](*report)
+        for ref in ready:
+            key = pending.pop(ref)
+            results[key] = ray.get(ref)
+            on_done(key, results[key])
+    return results

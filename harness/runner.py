@@ -188,8 +188,8 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
             # Per-seed defenses: each cell seed attacks a defense trained with that seed (`seeding: shared`: seed 0).
             # All are trained (or found) before the trial workers start: the workers hold their resources for the
             # whole run, and a training waiting for a GPU they hold would wait forever.
-            trained = {key: _train(cfg, *key, prepared, progress, board)
-                       for key in dict.fromkeys((c.defense, seed_for(c.seed)) for c in todo)}
+            trained = _train_all(cfg, list(dict.fromkeys((c.defense, seed_for(c.seed)) for c in todo)), prepared,
+                                 progress, board)
             pool = _start_pool(cfg)
             for defense_name, defense_seed in list(trained):
                 # Popped: the object store lets go of the weights once their cells are done.
@@ -265,27 +265,37 @@ class Trained:
     state: Any  # ObjectRef of the state dict, from the training's node
 
 
-def _train(cfg, defense_name, defense_seed, prepared, progress, board) -> Trained:
-    """Train the defense with this seed as a Ray task with the config's resources (or find it in the cache); the
-    training's steps move a bar on the driver's display."""
+def _train_all(cfg, keys, prepared, progress, board) -> dict[tuple[str, int], Trained]:
+    """Train (or find in the cache) every (defense, seed) in `keys`, all submitted at once as Ray tasks with the
+    config's resources: each starts as soon as a node has room, so a cluster trains them side by side. Their steps
+    move bars on the driver's display; each is reported on one line as it ends."""
     import ray
 
     from harness.console import StepBar
     from harness.defend import defense_task, make_defense
-    from harness.progress import BoardReporter, get_reporting
+    from harness.progress import BoardReporter, gather_reporting
     from harness.resources import task_options
 
-    spec = next(d for d in cfg.defenses if d.cell_name == defense_name)
     task = ray.remote(num_returns=2, **task_options(cfg.defense_training.resources))(defense_task)
-    key = f"{defense_name}/{defense_seed}"
-    bar = StepBar(progress, f"defense {defense_name} (seed {defense_seed})", make_defense(spec, "config").total_steps())
-    weights_ref, state_ref = task.remote(cfg, spec, prepared.defense_train, prepared.fingerprint, defense_seed,
-                                         BoardReporter(board, key))
-    weights = get_reporting(weights_ref, board, key, bar)
-    bar.finish()
-    how = "cached" if weights.cached else f"trained in {weights.train_seconds:.0f}s"
-    progress.console.print(f"defense {defense_name} (seed {defense_seed}): {how} ({weights.path})")
-    return Trained(weights, state_ref)
+    names = {f"{name}/{seed}": (name, seed) for name, seed in keys}
+    weights_refs: dict[str, Any] = {}
+    state_refs: dict[str, Any] = {}
+    bars: dict[str, StepBar] = {}
+    for key, (defense_name, defense_seed) in names.items():
+        spec = next(d for d in cfg.defenses if d.cell_name == defense_name)
+        bars[key] = StepBar(progress, f"defense {defense_name} (seed {defense_seed})",
+                            make_defense(spec, "config").total_steps())
+        weights_refs[key], state_refs[key] = task.remote(cfg, spec, prepared.defense_train, prepared.fingerprint,
+                                                         defense_seed, BoardReporter(board, key))
+
+    def report(key: str, weights: DefendedWeights) -> None:
+        bars[key].finish()
+        defense_name, defense_seed = names[key]
+        how = "cached" if weights.cached else f"trained in {weights.train_seconds:.0f}s"
+        progress.console.print(f"defense {defense_name} (seed {defense_seed}): {how} ({weights.path})")
+
+    weights = gather_reporting(weights_refs, board, bars, report)
+    return {names[key]: Trained(weights[key], state_refs[key]) for key in names}
 
 
 def _start_pool(cfg: ExperimentConfig) -> WorkerPool:
