@@ -76,6 +76,8 @@ class CostEstimate:
     parallel: int  # trials at once on this machine
     cores: int
     defense_steps: int  # the trainings still to run, in their own steps, not in `hours`
+    trainings: int  # the defense trainings (defense x seed) still to run
+    trainings_at_once: int  # of them, side by side on this machine (each with `defense_training.resources`)
     notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -148,10 +150,11 @@ def attack_cost(cfg: ExperimentConfig, attack: Attack, cells: int) -> AttackCost
 
 
 def estimate_cost(cfg: ExperimentConfig, plan: Plan, attacks: dict[str, Attack], precision: str,
-                  cores: int | None = None) -> CostEstimate:
+                  cores: int | None = None, gpus: int = 0) -> CostEstimate:
     """The cost of the cells `plan` has still to run, on a machine of `cores` CPUs (default: this one's) training at
-    `precision` ("bf16" or "fp32", as the config resolves here)."""
+    `precision` ("bf16" or "fp32", as the config resolves here) and holding `gpus` GPUs."""
     from harness.defend import make_defense
+    from harness.resources import per_node
 
     cores = cores or os.cpu_count() or 1
     costs = [attack_cost(cfg, attacks[name], sum(c.attack == name for c in plan.todo)) for name in attacks]
@@ -166,6 +169,7 @@ def estimate_cost(cfg: ExperimentConfig, plan: Plan, attacks: dict[str, Attack],
     trainings = {(c.defense, cfg.defense_training.seed_for(c.seed)) for c in plan.todo}
     specs = {d.cell_name: d for d in cfg.defenses}
     defense_steps = sum(make_defense(specs[name], "config").total_steps() for name, _ in trainings)
+    trainings_at_once = int(min(len(trainings), per_node(cfg.defense_training.resources, {"CPU": cores, "GPU": gpus})))
     notes = []
     if cfg.model.source not in ("embedded",) or cfg.model.num_hidden_layers:
         notes.append(f"the step cost is the embedded MiniLM-L6's; model '{cfg.model.source}'"
@@ -175,4 +179,4 @@ def estimate_cost(cfg: ExperimentConfig, plan: Plan, attacks: dict[str, Attack],
         notes.append("the config asks for GPUs: this is the cost on this machine's CPUs, not on the cluster's GPUs")
     hours = priced_steps * step_seconds / parallel / 3600 if priced_steps else None
     return CostEstimate(costs, sum(c.trial_steps for c in costs), priced_steps, hours, step, step_seconds,
-                        parallel, cores, defense_steps, notes)
+                        parallel, cores, defense_steps, len(trainings), trainings_at_once, notes)

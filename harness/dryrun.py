@@ -58,6 +58,8 @@ def cell_status(plan: Plan, cell: Any) -> str:
 def dry_run(cfg: ExperimentConfig, origin: str, address: str | None = None) -> DryRun:
     """Check the run `cfg` describes as far as this machine can offline; bad input raises UserError, as a run would."""
     go_offline()
+    import torch
+
     from harness.data.prepare import check_data
     from harness.data.sources import HubSource, source_for
     from harness.defend import training_device
@@ -91,7 +93,8 @@ def dry_run(cfg: ExperimentConfig, origin: str, address: str | None = None) -> D
         else:
             checked.append("resources (against this machine)")
     precision = resolve_precision(cfg.model.precision, training_device(cfg))
-    return DryRun(plan, checked, not_checked, estimate_cost(cfg, plan, attacks, precision))
+    return DryRun(plan, checked, not_checked,
+                  estimate_cost(cfg, plan, attacks, precision, gpus=torch.cuda.device_count()))
 
 
 def resources_short_here(cfg: ExperimentConfig) -> list[str]:
@@ -108,6 +111,8 @@ def resources_short_here(cfg: ExperimentConfig) -> list[str]:
 
 def summary_lines(dry: DryRun, cfg: ExperimentConfig) -> list[str]:
     """What a dry run says below its table of cells: counts, what it checked, what it could not, the cost."""
+    from harness.resources import describe
+
     plan, cost = dry.plan, dry.cost
     lines = [
         f"{len(plan.todo)} cells to run, at most {len(plan.todo) * plan.trials_per_cell} trials "
@@ -130,6 +135,9 @@ def summary_lines(dry: DryRun, cfg: ExperimentConfig) -> list[str]:
                  f"{cost.step_seconds:.2f} s a step: {cost.step.measured} takes {cost.step.seconds:.2f} s "
                  f"({cost.step.source}), scaled to this config's tokens per step")
     lines.append(f"cost: {cost.trial_steps:,.0f} trial-steps, at most; {hours}")
+    lines.append(f"  at once on this machine: {cost.trainings_at_once} of {cost.trainings} defense trainings "
+                 f"(defense_training.resources {describe(cfg.defense_training.resources)} each), then one cell at "
+                 f"a time with {cost.parallel} trials at once")
     notes = [*cost.notes, f"defense training not included ({cost.defense_steps:,} steps to train), nor Ray's and "
              "Tune's start-up and per-trial overhead"]
     lines.append("  " + "; ".join(notes))

@@ -108,6 +108,22 @@ def test_asha_lowers_the_estimate_and_probe_trials_are_not_priced():
     assert 0 < by_attack["finetune"].search_steps < by_attack["finetune"].mean_steps
 
 
+def test_the_plan_says_how_many_defense_trainings_run_at_once(tmp_path):
+    # smoke: 2 defenses x 1 seed; one CPU each on a 2-core machine trains both at once, two CPUs each one at a time
+    for resources, cores, gpus, expected in (("{cpu: 1}", 2, 0, 2), ("{cpu: 2}", 2, 0, 1), ("{cpu: 1, gpu: 1}", 8, 1, 1),
+                                              ("{cpu: 1, gpu: 1}", 8, 0, 0)):
+        cfg = load_config(SMOKE, [f"defense_training.resources={resources}"])
+        cost = estimate_cost(cfg, plan_cells(cfg, ROOT / "no-such-run"), validate_plugins(cfg, "smoke"), "fp32",
+                             cores=cores, gpus=gpus)
+        assert (cost.trainings, cost.trainings_at_once) == (2, expected), resources
+    result, _ = offline_sdm("run", str(SMOKE), "--dry-run", "--set", "defense_training.resources={cpu: 1}",
+                            "--out", str(tmp_path / "dry"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    expected_line = ("at once on this machine: 2 of 2 defense trainings (defense_training.resources {cpu: 1, gpu: 0} "
+                     "each), then one cell at a time with 2 trials at once")
+    assert expected_line in result.stdout, result.stdout
+
+
 def test_encoder_share_of_the_built_in_attacks():
     from harness.registry import ATTACKS
 
