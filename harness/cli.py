@@ -325,6 +325,12 @@ def usage_line(exc: BaseException) -> str:
     return f"error: {message} (see '{command} --help')"
 
 
+def interrupted() -> None:
+    typer.echo("interrupted (of a run, finished cells are kept, and the same command with --resume continues the "
+               "interrupted searches)", err=True)
+    sys.exit(130)
+
+
 def main() -> None:
     from harness.console import quiet_process, setup_logging
 
@@ -334,14 +340,15 @@ def main() -> None:
         # Outside standalone mode click returns a command's `typer.Exit(code)` instead of exiting with it. The program
         # name is fixed so the usage lines and the completion script say `sdm` however it was started.
         code = app(standalone_mode=False, prog_name="sdm")
+        if code == 130:  # Typer's answer to Ctrl+C (KeyboardInterrupt), returned outside standalone mode
+            interrupted()
         if isinstance(code, int) and code:
             sys.exit(code)
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(UserError.exit_code)
     except (typer.Abort, KeyboardInterrupt):
-        typer.echo("interrupted", err=True)
-        sys.exit(130)
+        interrupted()
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except _click_error_types() as exc:  # usage errors: unknown option or command, missing or bad argument

@@ -129,6 +129,10 @@ def start_ray(cfg: ExperimentConfig, address: str | None) -> None:
     from harness.console import quiet_libraries, quiet_process
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Tune's own Ctrl+C handler ends a search quietly and returns its trials as if it were done: the cell would be
+    # recorded from part of its search and the run would go on to the next. Without it, Ctrl+C stops the run; the
+    # interrupted cell is left unrecorded, with its search's last saved state for --resume.
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     quiet_process()
     import optuna
     import ray

@@ -288,6 +288,32 @@ def test_leftovers_of_an_interrupted_write_are_cleaned_up(scenario):
     assert not list(scenario["out"].rglob(f"{TMP_MARK}*"))
 
 
+# -- Ctrl+C ------------------------------------------------------------------------------------------------------------
+def test_ctrl_c_during_a_search_stops_the_run_and_records_no_part_of_that_search(tmp_path: Path) -> None:
+    """Tune's own SIGINT handler used to end the search it was running quietly: the cell was recorded from the trials
+    it had, and the run went on. Now Ctrl+C ends the run (exit 130, one line); --resume completes the cell."""
+    out = tmp_path / "run"
+    args = ["run", str(SMOKE), "--out", str(out), *ARGS]
+    driver = start(*args, cwd=tmp_path, env={"TUNE_GLOBAL_CHECKPOINT_S": "1"})
+    first, second = (out / "cells" / f"{cell}.parquet" for cell in CELLS)
+    wait_for(first.exists, driver, "the first cell's row")
+    wait_for((out / "tune" / CELLS[1]).exists, driver, "the second cell's search")
+    time.sleep(1)  # inside that search's Tuner.fit
+    driver.send_signal(signal.SIGINT)
+    try:
+        code = driver.wait(timeout=120)
+    finally:
+        driver.kill()
+    stderr = driver.stderr.read()
+    assert code == 130, stderr[-3000:]
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1].startswith("interrupted"), stderr[-3000:]
+    assert first.exists() and not second.exists()
+    resumed = sdm(*args, "--resume", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    cells = {c["cell_id"]: c for c in read_cells(out).to_pylist()}
+    assert set(cells) == set(CELLS) and all(c["status"] == "ok" and c["n_trials"] == 4 for c in cells.values())
+
+
 # -- a killed defense training -----------------------------------------------------------------------------------------
 MLAC = {"name": "mlac", "params": {"steps": 10, "inner_steps": 2, "batch_size": 8, "inner_batch_sizes": [8]}}
 
