@@ -282,6 +282,7 @@ def _train_all(cfg, keys, prepared, progress, board) -> dict[tuple[str, int], Tr
 
     task = ray.remote(num_returns=2, **task_options(cfg.defense_training.resources))(defense_task)
     names = {f"{name}/{seed}": (name, seed) for name, seed in keys}
+    train_split = ray.put(prepared.defense_train)  # once in the object store, not once per training submitted
     weights_refs: dict[str, Any] = {}
     state_refs: dict[str, Any] = {}
     bars: dict[str, StepBar] = {}
@@ -289,7 +290,7 @@ def _train_all(cfg, keys, prepared, progress, board) -> dict[tuple[str, int], Tr
         spec = next(d for d in cfg.defenses if d.cell_name == defense_name)
         bars[key] = StepBar(progress, f"defense {defense_name} (seed {defense_seed})",
                             make_defense(spec, "config").total_steps())
-        weights_refs[key], state_refs[key] = task.remote(cfg, spec, prepared.defense_train, prepared.fingerprint,
+        weights_refs[key], state_refs[key] = task.remote(cfg, spec, train_split, prepared.fingerprint,
                                                          defense_seed, BoardReporter(board, key))
 
     def report(key: str, weights: DefendedWeights) -> None:
