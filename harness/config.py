@@ -276,6 +276,10 @@ class ClusterConfig(Strict):
         False, description="the cluster adds nodes on demand: requests no node has now are left to its autoscaler "
         "instead of refused, and the trial workers are not limited to the nodes there are now",
     )
+    cells_at_once: int | None = Field(
+        None, gt=0, description="cells searched at once (default: one more than the trial workers fill at "
+        "search.max_concurrent a cell); a cell's results do not depend on it",
+    )
 
 
 class MlflowTracking(Strict):

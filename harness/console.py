@@ -150,22 +150,32 @@ class StepBar:
 
 
 class TrialsBar:
-    """The trials bar: one cell's trials at a time, its end moved in when a cell used fewer than its most."""
+    """The trials bar over every cell in flight; a cell's share of the end moves in when it used fewer than its most."""
 
     def __init__(self, progress: Progress, total: int):
         self.progress = progress
         self.total = total
         self.task = progress.add_task("trials", total=total)
-        self.in_cell = 0
+        self.in_cell: dict[str, int] = {}  # cells in flight -> their trials ended so far
 
     def start(self, cell_id: str) -> None:
-        self.in_cell = 0
-        self.progress.update(self.task, description=f"trials {cell_id}")
+        self.in_cell[cell_id] = 0
+        self._describe()
 
-    def advance(self) -> None:
-        self.in_cell += 1
-        self.progress.advance(self.task)
+    def advance(self, cell_id: str, ended: int) -> None:
+        """`ended` of the cell's trials have ended (a count, not an increment)."""
+        step = max(0, ended - self.in_cell.get(cell_id, 0))
+        self.in_cell[cell_id] = self.in_cell.get(cell_id, 0) + step
+        self.progress.advance(self.task, step)
 
-    def end(self, most: int) -> None:
-        self.total -= max(0, most - self.in_cell)
-        self.progress.update(self.task, total=self.total, description="trials")
+    def end(self, cell_id: str, used: int, most: int) -> None:
+        self.advance(cell_id, used)
+        self.in_cell.pop(cell_id, None)
+        self.total -= max(0, most - used)
+        self.progress.update(self.task, total=self.total)
+        self._describe()
+
+    def _describe(self) -> None:
+        flying = list(self.in_cell)
+        what = f" {flying[0]}" if len(flying) == 1 else f" ({len(flying)} cells at once)" if flying else ""
+        self.progress.update(self.task, description=f"trials{what}")

@@ -78,6 +78,7 @@ class CostEstimate:
     defense_steps: int  # the trainings still to run, in their own steps, not in `hours`
     trainings: int  # the defense trainings (defense x seed) still to run
     trainings_at_once: int  # of them, side by side on this machine (each with `defense_training.resources`)
+    cells_at_once: int  # cells searched side by side on this machine, after the trainings
     notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -154,7 +155,7 @@ def estimate_cost(cfg: ExperimentConfig, plan: Plan, attacks: dict[str, Attack],
     """The cost of the cells `plan` has still to run, on a machine of `cores` CPUs (default: this one's) training at
     `precision` ("bf16" or "fp32", as the config resolves here) and holding `gpus` GPUs."""
     from harness.defend import make_defense
-    from harness.resources import per_node
+    from harness.resources import cells_at_once, per_node, workers_wanted
 
     cores = cores or os.cpu_count() or 1
     costs = [attack_cost(cfg, attacks[name], sum(c.attack == name for c in plan.todo)) for name in attacks]
@@ -165,7 +166,8 @@ def estimate_cost(cfg: ExperimentConfig, plan: Plan, attacks: dict[str, Attack],
     # Linear in tokens per step: the measured step is a forward, backward and update of one batch.
     step_seconds = step.seconds * tokens / (step.rows * step.tokens) if tokens else 0.0
     per_trial = max(1.0, cfg.search.resources_per_trial.cpu)
-    parallel = max(1, min(cfg.search.max_concurrent, int(cores // per_trial)))
+    parallel = max(1, min(workers_wanted(cfg, len(plan.todo)), int(cores // per_trial)))
+    cells_in_flight = cells_at_once(cfg.cluster.cells_at_once, parallel, cfg.search.max_concurrent, len(plan.todo))
     trainings = {(c.defense, cfg.defense_training.seed_for(c.seed)) for c in plan.todo}
     specs = {d.cell_name: d for d in cfg.defenses}
     defense_steps = sum(make_defense(specs[name], "config").total_steps() for name, _ in trainings)
@@ -179,4 +181,4 @@ def estimate_cost(cfg: ExperimentConfig, plan: Plan, attacks: dict[str, Attack],
         notes.append("the config asks for GPUs: this is the cost on this machine's CPUs, not on the cluster's GPUs")
     hours = priced_steps * step_seconds / parallel / 3600 if priced_steps else None
     return CostEstimate(costs, sum(c.trial_steps for c in costs), priced_steps, hours, step, step_seconds,
-                        parallel, cores, defense_steps, len(trainings), trainings_at_once, notes)
+                        parallel, cores, defense_steps, len(trainings), trainings_at_once, cells_in_flight, notes)

@@ -136,8 +136,9 @@ def summary_lines(dry: DryRun, cfg: ExperimentConfig) -> list[str]:
                  f"({cost.step.source}), scaled to this config's tokens per step")
     lines.append(f"cost: {cost.trial_steps:,.0f} trial-steps, at most; {hours}")
     lines.append(f"  at once on this machine: {cost.trainings_at_once} of {cost.trainings} defense trainings "
-                 f"(defense_training.resources {describe(cfg.defense_training.resources)} each), then one cell at "
-                 f"a time with {cost.parallel} trials at once")
+                 f"(defense_training.resources {describe(cfg.defense_training.resources)} each), then "
+                 f"{cost.cells_at_once} cells at a time sharing {cost.parallel} trial workers "
+                 f"({cfg.search.max_concurrent} trials a cell at once)")
     notes = [*cost.notes, f"defense training not included ({cost.defense_steps:,} steps to train), nor Ray's and "
              "Tune's start-up and per-trial overhead"]
     lines.append("  " + "; ".join(notes))

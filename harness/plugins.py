@@ -188,6 +188,10 @@ class AttackContext:
             model.encoder.load_state_dict(self.encoder_state)
         model.precision = self.precision
         model.reset_head(torch.Generator().manual_seed(seed))
+        # Dropout draws from the global generator: restarted from the trial's seed here, whether the module was
+        # built just now (drawing its initial weights) or reused, so a trial's result does not depend on which
+        # trials, of which cells, its worker ran before.
+        torch.manual_seed(seed)
         return model
 
 

@@ -4,8 +4,8 @@ A run asks for two things, one after the other: defense trainings (`defense_trai
 then a pool of trial workers (`search.resources_per_trial` each). A request no single node can hold would wait
 forever (Ray never splits a task or an actor across nodes), so it is refused at once with one line naming it. The
 pool is sized to the workers that fit at once, summed node by node (a node holds as many as both its CPUs and its
-GPUs allow), and at most `search.max_concurrent`; it is created after the trainings, so its workers never hold a
-GPU a training waits for. On a cluster that autoscales (`cluster.autoscaling`), requests are left to the autoscaler.
+GPUs allow), and at most what the cells in flight use (`search.max_concurrent` each); it is created after the
+trainings, so its workers never hold a GPU a training waits for. On a cluster that autoscales (`cluster.autoscaling`), requests are left to the autoscaler.
 """
 
 from __future__ import annotations
@@ -69,16 +69,31 @@ def check_requests(cfg: ExperimentConfig, nodes: list[dict[str, float]], where: 
         raise UserError(f"{field}: {describe(resources)} fits on no single node of {where}{hint}")
 
 
-def pool_size(cfg: ExperimentConfig, nodes: list[dict[str, float]]) -> int:
-    """The trial workers to start: `search.max_concurrent`, or fewer if the cluster holds fewer at once."""
-    wanted = cfg.search.max_concurrent
+def workers_wanted(cfg: ExperimentConfig, cells: int) -> int:
+    """Trial workers that would keep `cells` cells' searches busy: `search.max_concurrent` for each cell that can
+    be in flight (`cluster.cells_at_once`, else every cell; on an autoscaling cluster, else one)."""
+    in_flight = cfg.cluster.cells_at_once or (1 if cfg.cluster.autoscaling else cells)
+    return cfg.search.max_concurrent * max(1, min(in_flight, cells))
+
+
+def cells_at_once(configured: int | None, workers: int, per_cell: int, cells: int) -> int:
+    """Cells to keep in flight: the configured number, or one more than the pool's workers fill at `per_cell`
+    trials a cell; never more than there are cells to run."""
+    wanted = configured if configured is not None else math.ceil(workers / per_cell) + 1
+    return max(1, min(wanted, cells))
+
+
+def pool_size(cfg: ExperimentConfig, nodes: list[dict[str, float]], cells: int) -> int:
+    """The trial workers to start for `cells` cells: as many as their searches use at once, or fewer if the
+    cluster holds fewer."""
+    wanted = workers_wanted(cfg, cells)
     if cfg.cluster.autoscaling:
         return wanted  # workers beyond today's nodes wait for the nodes the autoscaler adds for them
     resources = cfg.search.resources_per_trial
     fit = workers_that_fit(resources, nodes)
-    if fit < wanted:
-        log.warning("search.max_concurrent %d: the cluster holds %d trial workers of %s at once; %d run at once",
-                    wanted, fit, describe(resources), fit)
+    if fit < cfg.search.max_concurrent:
+        log.warning("search.max_concurrent %d: the cluster holds %d trial workers of %s at once; a cell's batch of "
+                    "trials runs %d at a time", cfg.search.max_concurrent, fit, describe(resources), fit)
     return int(min(wanted, fit))
 
 
@@ -99,3 +114,13 @@ def running_cluster(temp_dir: Path = Path("/tmp/ray")) -> str | None:
             return address
     except (OSError, ValueError):
         return None
+
+
+def on_this_node() -> Any:
+    """A scheduling strategy that keeps an actor on this process's node. The run's own actors (the trial queue, the
+    worker spawner, the progress board, the cell searchers) hold no resources and could land anywhere; on a worker
+    node that leaves the cluster they would take the whole run with them."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)

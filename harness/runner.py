@@ -1,4 +1,5 @@
-"""`sdm run`: config -> cells -> defended weights -> one attack search per cell -> trial, curve and cell tables.
+"""`sdm run`: config -> cells -> defended weights -> attack searches, many cells at once -> trial, curve and cell
+tables.
 
 Each stage reads only what the previous one wrote. Finished cells (their row under `cells/`, status ok) are never
 recomputed; a cell recorded as failed is run again, its rows replaced; with `resume`, an interrupted cell's Tuner is
@@ -7,7 +8,6 @@ restored instead of started over. One driver at a time holds a run directory (`h
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -16,16 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from harness.config import ExperimentConfig
 from harness.errors import UserError
-from harness.plan import Cell, plan_cells, validate_plugins
+from harness.plan import plan_cells, validate_plugins
 
 if TYPE_CHECKING:
     from harness.data.prepare import PreparedData
     from harness.defend import DefendedWeights
-    from harness.results import CellOrigin, Provenance
+    from harness.results import Provenance
     from harness.workers import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -167,11 +165,14 @@ def start_ray(cfg: ExperimentConfig, address: str | None) -> None:
 
 
 def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, started) -> RunSummary:
-    """Train (or find) each defense a cell still needs, then search every unfinished cell against it."""
+    """Train (or find) each defense a cell still needs, then search the unfinished cells, many at once."""
     import ray
 
     from harness.console import TrialsBar, make_progress
+    from harness.cells import cell_jobs, record_cell
+    from harness.flight import search_cells
     from harness.progress import ProgressBoard
+    from harness.resources import on_this_node
     from harness.results import write_run_tables
     from harness.search import tune_dir
 
@@ -183,7 +184,7 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
     summary = RunSummary(run_dir, 0, len(plan.cells) - len(todo), [], 0.0, pools=prepared.pools)
     seed_for = cfg.defense_training.seed_for
     pool = None
-    board = ProgressBoard.remote()
+    board = ProgressBoard.options(scheduling_strategy=on_this_node()).remote()
     try:
         with make_progress(console) as progress:
             cells_bar = progress.add_task("cells", total=len(plan.cells), completed=summary.cells_skipped)
@@ -194,20 +195,20 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
             # whole run, and a training waiting for a GPU they hold would wait forever.
             trained = _train_all(cfg, list(dict.fromkeys((c.defense, seed_for(c.seed)) for c in todo)), prepared,
                                  progress, board)
-            pool = _start_pool(cfg)
-            for defense_name, defense_seed in list(trained):
-                # Popped: the object store lets go of the weights once their cells are done.
-                outcome = trained.pop((defense_name, defense_seed))
-                defended = _defended(cfg, defense_name, defense_seed, outcome, prepared, attacks, stamp, pool)
-                for cell in [c for c in todo if c.defense == defense_name and seed_for(c.seed) == defense_seed]:
-                    trials.start(cell.cell_id)
-                    status = _attack_cell(cfg, cell, defended, prepared, attacks, pool, storage, resume, run_dir,
-                                          on_trial=trials.advance)
-                    trials.end(plan.trials_per_cell)
-                    summary.cells_run += 1
-                    if status != "ok":
-                        summary.failed.append(cell.cell_id)
-                    progress.advance(cells_bar)
+            pool, at_once = _start_pool(cfg, len(todo))
+
+            def record(job, outcome) -> None:
+                status = record_cell(run_dir, job.cell, job.context, outcome, storage)
+                trials.end(job.cell.cell_id, len(outcome[0]), plan.trials_per_cell)
+                summary.cells_run += 1
+                if status != "ok":
+                    summary.failed.append(job.cell.cell_id)
+                progress.advance(cells_bar)
+
+            jobs = cell_jobs(cfg, todo, trained, prepared, attacks, stamp, pool)
+            search_cells(jobs, at_once, cfg=cfg, pool=pool, storage=storage, resume=resume, board=board,
+                         on_start=lambda cell: trials.start(cell.cell_id),
+                         on_trials=lambda cell, n: trials.advance(cell.cell_id, n), on_result=record)
     finally:
         if pool is not None:
             pool.shutdown()
@@ -252,16 +253,6 @@ def run_provenance(cfg: ExperimentConfig, prepared: PreparedData) -> Provenance:
 
 
 @dataclass(frozen=True)
-class Defended:
-    """One trained defense as its cells use it: the weights, their frozen features, and what every row records."""
-
-    state: dict[str, Any]
-    features: Any  # (cell, budget rows) -> Features, or None for attacks that need none
-    origin: CellOrigin
-    provenance: Provenance
-
-
-@dataclass(frozen=True)
 class Trained:
     """A defense training's outcome on the driver: what the cache holds, and the weights in Ray's object store."""
 
@@ -303,95 +294,18 @@ def _train_all(cfg, keys, prepared, progress, board) -> dict[tuple[str, int], Tr
     return {names[key]: Trained(weights[key], state_refs[key]) for key in names}
 
 
-def _start_pool(cfg: ExperimentConfig) -> WorkerPool:
-    """The trial workers, as many as the cluster holds at once (at most `search.max_concurrent`)."""
-    from harness.resources import live_nodes, pool_size
+def _start_pool(cfg: ExperimentConfig, cells: int) -> tuple[WorkerPool, int]:
+    """The trial workers, as many as the cluster holds at once (at most `search.max_concurrent` a cell in flight),
+    and how many of the `cells` to search at once."""
+    from harness.flight import payload_slots
+    from harness.resources import cells_at_once, live_nodes, pool_size
     from harness.workers import WorkerPool
 
-    size = pool_size(cfg, live_nodes())
+    size = pool_size(cfg, live_nodes(), cells)
     if size == 0:  # checked at the start; the nodes that had room have left since
         raise RuntimeError(f"no node of the Ray cluster has room for a trial worker "
                            f"(search.resources_per_trial {cfg.search.resources_per_trial})")
-    return WorkerPool(size, cfg.search.resources_per_trial, cfg.search.fault_injection)
+    at_once = cells_at_once(cfg.cluster.cells_at_once, size, cfg.search.max_concurrent, cells)
+    return WorkerPool(size, cfg.search.resources_per_trial, cfg.search.fault_injection, payload_slots(at_once)), at_once
 
 
-def _defended(cfg, defense_name, defense_seed, trained, prepared, attacks, stamp, pool) -> Defended:
-    """A trained defense, ready for its cells: its weights on the driver, its features from the pool."""
-    import ray
-
-    from harness.defend import make_defense
-    from harness.results import CellOrigin
-
-    spec = next(d for d in cfg.defenses if d.cell_name == defense_name)
-    origin = CellOrigin(
-        defense_seed=defense_seed,
-        defense_seeding=cfg.defense_training.seeding,
-        defense_variant=make_defense(spec, "config").variant(),
-        budget_pool=prepared.pools["attack"].label,
-        validation_pool=prepared.pools["validation"].label,
-        test_pool=prepared.pools["test"].label,
-        validation_rows=len(prepared.val),
-    )
-    features = _feature_cache(cfg, trained.state, attacks, prepared, pool)
-    provenance = dataclasses.replace(stamp, defense_fingerprint=trained.weights.fingerprint)
-    return Defended(ray.get(trained.state), features, origin, provenance)
-
-
-def _attack_cell(cfg, cell, defended, prepared, attacks, pool, storage, resume, run_dir, on_trial) -> str:
-    """Search one cell, write its trials and its row (the cell is finished once its row exists); its status."""
-    from harness.plugins import CellData, desired_rows
-    from harness.results import CellKey, CellRow, CurveRow, TrialRow, write_cell, write_cells_table
-    from harness.search import CellPayload, discard_search, run_cell
-
-    rows = prepared.budget_rows[(cell.task, cell.seed)][cell.budget]
-    attack = attacks[cell.attack]
-    data = CellData(prepared.attack_pool.subset(rows), prepared.val, prepared.test, cell.task,
-                    cfg.data.labels[cell.task])
-    if attack.needs_benign() and cell.task_role == "harmful":
-        # The attacker's own desired-task rows: its pool (never the defense's), all of it, desired labels only.
-        desired = cfg.tasks.desired
-        data = dataclasses.replace(data, benign=desired_rows(prepared.attack_pool, desired), benign_label=desired,
-                                   benign_num_labels=cfg.data.labels[desired])
-    features = defended.features(cell, rows) if attack.needs_features() else None
-    payload = CellPayload(cfg.model, defended.state, data, features, attack, cfg.search.eval_every,
-                          cfg.search.resources_per_trial.cpu)
-    trials, result, curves, ran_on = run_cell(cfg, cell, payload, pool=pool, storage=storage, resume=resume,
-                                              on_trial=on_trial)
-    key = CellKey(cell.defense, cell.attack, cell.task, cell.budget, cell.seed, cell.cell_id, cell.task_role)
-    stamp = defended.provenance
-    trial_rows = [TrialRow(key, t, defended.origin, stamp.ran_on([ran_on[t.trial_id]] if t.trial_id in ran_on else []))
-                  for t in trials]
-    write_cell(run_dir, trial_rows, CellRow(key, result, defended.origin, stamp.ran_on(list(ran_on.values()))),
-               [CurveRow(key, p) for p in curves])
-    discard_search(storage, cell)  # recorded: nothing left to resume (a failed cell starts afresh)
-    # The cells table stays current while a run goes on; the curves table, which grows with every check of every
-    # trial, is rebuilt once at the end (`write_run_tables`), not after each cell.
-    write_cells_table(run_dir)
-    return result.status
-
-
-def _feature_cache(cfg: ExperimentConfig, state: Any, attacks: dict[str, Any], prepared: PreparedData, pool: Any):
-    """Frozen features of the defended encoder (`state`: its object reference), computed by a trial worker, on its
-    device at its precision: val/test once per defended model, budget rows once per (task, seed), on first use."""
-    if not any(a.needs_features() for a in attacks.values()):
-        return lambda cell, rows: None
-    from harness.training import Features
-
-    held_out: list[Any] = []  # [val, test], once computed
-    train_cache: dict[tuple[str, int], tuple[np.ndarray, Any]] = {}
-
-    def features(cell: Cell, rows: np.ndarray) -> Features:
-        if not held_out:
-            splits = [prepared.val] if prepared.test is prepared.val else [prepared.val, prepared.test]
-            encoded = pool.encode(cfg.model, state, splits)
-            held_out.extend([encoded[0], encoded[-1]])
-        key = (cell.task, cell.seed)
-        if key not in train_cache:
-            largest = prepared.budget_rows[key][max(prepared.budget_rows[key])]
-            [feats] = pool.encode(cfg.model, state, [prepared.attack_pool.subset(largest)])
-            train_cache[key] = (largest, feats)
-        largest, feats = train_cache[key]
-        position = {int(r): i for i, r in enumerate(largest)}
-        return Features(feats[[position[int(r)] for r in rows]], *held_out)
-
-    return features

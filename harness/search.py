@@ -1,77 +1,108 @@
-"""One cell's attack search on Ray Tune: seeded TPE behind a concurrency limit, a plateau stop, then reruns.
+"""One cell's attack search on Ray Tune: seeded TPE in batches of `max_concurrent` trials, a plateau stop, reruns.
+
+Many cells are searched at once (`harness.flight`), their trials sharing the run's workers; a cell's search is the
+same whether it runs alone or beside others, because TPE proposes a batch only once it has heard of the whole batch
+before, and the plateau stop counts trials in the order they were proposed (`PlateauSearch`). ASHA's cuts (below)
+are the exception: they depend on the order the trials' checks arrive in.
 
 The attacker selects hyperparameters on the validation split only; the selected configuration is rerun with fresh
 seeds and scored on the held-out test split, which no search trial evaluates. With `search.asha`, Tune's ASHA
 scheduler stops poor trials on their validation checks, and their workers stop training at once (`WorkerPool.stop`).
 
 Besides the trials, a cell's search records its curves (every trial's validation checks; the reruns' validation and
-test checks) and diagnostics of its own convergence (`search_diagnostics`): the best validation accuracy so far
-against the trial index, which trial gave the best, whether it came in the last quarter of the trials (the search
-was still improving), and whether the selected configuration sits at an edge of the space (a searched range within
-EDGE_FRACTION of a bound). Either means the attacker wanted more search, and the leaderboard says so.
+test checks) and diagnostics of its own convergence (`harness.search_diagnostics`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import ray
 from ray import tune
-from ray.tune import Stopper
 from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from harness.config import ExperimentConfig, SearchConfig
 from harness.plan import Cell, max_steps
 from harness.results import CellResult, CurvePoint, RanOn, TrialResult
 from harness.plugins import Attack
-from harness.space import Fixed, IntRange, LogUniform, Space, Uniform, to_tune
+from harness.search_diagnostics import search_diagnostics
+from harness.space import Fixed, to_tune
 from harness.tracking import tracking_callbacks
 from harness.trial import CHECK, FINAL, METRIC, PROXY_RESOURCES, config_json, derive_seed, proxy_trial, trial_seed
-from harness.workers import CellPayload, WorkerPool
+from harness.workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
-EDGE_FRACTION = 0.1  # a selected value this close to a bound (as a fraction of the range) is at the space's edge
-LATE_FRACTION = 0.75  # a best found after this fraction of the trials means the search was still improving
 
 
 # -- driver side ----------------------------------------------------------------------------------------------------
-class PlateauStopper(Stopper):
-    """Stop the search after `patience` finished trials without a new best validation accuracy.
+class PlateauSearch(Searcher):
+    """Wraps a searcher (TPE) to end the search after `patience` trials without a new best validation accuracy.
 
-    Only a trial's final result counts (its validation checks before are progress, not a trial's outcome), and
-    each trial counts once: Tune also calls stoppers with a function trainable's closing (done) result, which
-    repeats the last metrics. A trial ASHA cuts short has no final result and does not count.
+    Trials are counted in the order they were proposed, once every trial before them has ended, and only a trial's
+    final result counts (one ASHA cut short, or one that failed, is no improvement). Behind
+    `ConcurrencyLimiter(batch=True)` it hears of a whole batch of trials before it proposes the next, so what it
+    proposes and when it stops depend on the trials' results alone, never on the order they came back in: a cell's
+    search is the same whether it ran alone or beside many others, on one node or on many.
     """
 
-    def __init__(self, patience: int):
+    def __init__(self, searcher: Searcher, patience: int):
+        self.searcher = searcher
         self.patience = patience
+        self.proposed: list[str] = []  # trial ids, in the order their configurations were proposed
+        self.ended: dict[str, float | None] = {}  # trial id -> its final validation accuracy (None: no final result)
+        self.counted = 0  # how many of `proposed` the plateau count has taken in
         self.best = float("-inf")
         self.since_best = 0
-        self.seen: set[str] = set()
+        super().__init__(metric=searcher.metric, mode=searcher.mode)
 
-    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        value = result.get(METRIC)
-        if value is None or not result.get(FINAL) or trial_id in self.seen:
-            return False
-        self.seen.add(trial_id)
-        if value > self.best:
-            self.best, self.since_best = value, 0
-        else:
-            self.since_best += 1
-        return False
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        return self.searcher.set_search_properties(metric, mode, config, **spec)
 
-    def stop_all(self) -> bool:
-        return self.since_best >= self.patience
+    def suggest(self, trial_id: str) -> dict | str | None:
+        self._count()
+        if self.since_best >= self.patience:
+            return Searcher.FINISHED
+        suggestion = self.searcher.suggest(trial_id)
+        if suggestion not in (None, Searcher.FINISHED):
+            self.proposed.append(trial_id)
+        return suggestion
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self.searcher.on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        self.searcher.on_trial_complete(trial_id, result=result, error=error)
+        final = not error and bool((result or {}).get(FINAL))
+        self.ended[trial_id] = (result or {}).get(METRIC) if final else None
+
+    def _count(self) -> None:
+        while self.counted < len(self.proposed) and self.proposed[self.counted] in self.ended:
+            value = self.ended[self.proposed[self.counted]]
+            if value is not None and value > self.best:
+                self.best, self.since_best = value, 0
+            else:
+                self.since_best += 1
+            self.counted += 1
+
+    def get_state(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "searcher"}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+
+def cell_searcher(search: SearchConfig, cell: Cell) -> Searcher:
+    """The cell's seeded TPE, in batches of `max_concurrent` trials, with the plateau stop."""
+    tpe = OptunaSearch(seed=derive_seed(cell.cell_id, "tpe"))
+    return ConcurrencyLimiter(PlateauSearch(tpe, search.plateau_patience), max_concurrent=search.max_concurrent,
+                              batch=True)
 
 
 class _TrialCounter(tune.Callback):
@@ -111,7 +142,7 @@ class _StopCutTrials(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001 - Ray's signature
         if self.pool is not None and not (trial.last_result or {}).get(FINAL):
-            self.pool.stop(trial.trial_id)
+            self.pool.stop([trial.trial_id])
 
 
 def asha_scheduler(search: SearchConfig, attack: Attack) -> ASHAScheduler | None:
@@ -133,25 +164,29 @@ def tune_dir(cfg: ExperimentConfig, run_dir: Path) -> str:
 def run_cell(
     cfg: ExperimentConfig,
     cell: Cell,
-    payload: CellPayload,
+    holder: list,
+    attack: Attack,
     *,
     pool: WorkerPool,
     storage: str,
     resume: bool,
     on_trial: Callable[[], None] = lambda: None,
 ) -> tuple[list[TrialResult], CellResult, list[CurvePoint], dict[str, RanOn]]:
-    """Search, rerun and score one cell: its trials', its own results, its curves, and what each trial that reported
-    back ran on, by trial id (the runner adds key, origin, provenance)."""
+    """Search, rerun and score one cell (`holder`: its payload's object reference, in a list so that Ray passes it
+    on as a reference): its trials, its own results, its curves, and what each trial that reported back ran on, by
+    trial id (the runner adds key, origin, provenance)."""
     started = time.perf_counter()
     search = cfg.search
-    holder = [ray.put(payload)]
     # The pool's workers hold the trial's resources; a proxy only waits for its worker.
     trainable = tune.with_resources(
         tune.with_parameters(proxy_trial, holder=holder, cell_seed=cell.seed, workers=pool.queue,
-                             replace_worker=pool.replacement_factory()),
+                             worker_lost=pool.loss_reporter()),
         PROXY_RESOURCES,
     )
-    space = payload.attack.space
+    # Tune registers a trainable by name, once for the whole Ray job: cells searched at once must not share one,
+    # or a cell's trials would start with another cell's parameters (its payload). The same name on --resume.
+    trainable.__name__ = f"proxy_trial_{derive_seed(cell.cell_id, 'trainable'):08x}"
+    space = attack.space
     fixed = {k: v.value for k, v in space.items() if isinstance(v, Fixed)}
     searched = {k: v for k, v in space.items() if not isinstance(v, Fixed)}
     experiment_path = search_path(storage, cell)
@@ -161,23 +196,21 @@ def run_cell(
         tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_errored=False, restart_errored=False)
     else:
         discard_search(storage, cell)
-        searcher = OptunaSearch(seed=derive_seed(cell.cell_id, "tpe"))
         tuner = tune.Tuner(
             trainable,
             param_space={**to_tune(searched), **fixed},
             tune_config=tune.TuneConfig(
                 metric=METRIC,
                 mode="max",
-                search_alg=ConcurrencyLimiter(searcher, max_concurrent=search.max_concurrent),
+                search_alg=cell_searcher(search, cell),
                 num_samples=search.num_samples,
-                scheduler=asha_scheduler(search, payload.attack),
+                scheduler=asha_scheduler(search, attack),
                 reuse_actors=True,
                 trial_dirname_creator=lambda trial: trial.trial_id,
             ),
             run_config=tune.RunConfig(
                 name=cell.cell_id,
                 storage_path=storage,
-                stop=PlateauStopper(search.plateau_patience),
                 failure_config=tune.FailureConfig(max_failures=search.max_failures),
                 callbacks=[_TrialCounter(on_trial), _StopCutTrials(pool),
                            *tracking_callbacks(cfg.tracking, cfg.experiment, cell)],
@@ -185,7 +218,8 @@ def run_cell(
             ),
         )
     grid = tuner.fit()
-    steps_ran = pool.settle()  # trials still training when the search ended stop now
+    # Trials still training when the search ended (ASHA cut them) stop now; their steps are what they cost.
+    steps_ran = pool.settle([Path(result.path).name for result in grid])
     rows: list[TrialResult] = []
     configs: list[dict[str, Any]] = []
     curves: list[CurvePoint] = []
@@ -266,65 +300,6 @@ def run_cell(
         **diagnostics,
         **counts,
     ), curves, ran_on
-
-
-# -- search diagnostics: did the attacker's search converge? -------------------------------------------------------
-def best_so_far(values: list[float | None]) -> list[float | None]:
-    """The running best of `values` (None: a trial without a successful result, which keeps the best before it)."""
-    out: list[float | None] = []
-    best: float | None = None
-    for value in values:
-        if value is not None and (best is None or value > best):
-            best = value
-        out.append(best)
-    return out
-
-
-def still_improving(best_index: int, n_trials: int) -> bool:
-    """Whether the selected trial (0-based `best_index` of `n_trials`) came in the last quarter of the trials: its
-    1-based number is above LATE_FRACTION of the count (of 4 trials the 4th, of 50 the 38th to 50th; a single
-    trial is always late: there was no search to converge)."""
-    return best_index + 1 > LATE_FRACTION * n_trials
-
-
-def edge_position(dim: Any, value: Any) -> float | None:
-    """Where `value` sits in a searched range, 0 at its low bound and 1 at its high one: in log space for a
-    log-uniform (or log int) range, linearly for the others. None for a choice, a fixed value or an empty range."""
-    if not isinstance(dim, (LogUniform, Uniform, IntRange)) or dim.high <= dim.low or value is None:
-        return None
-    if isinstance(dim, LogUniform) or (isinstance(dim, IntRange) and dim.log and dim.low > 0):
-        return (math.log(value) - math.log(dim.low)) / (math.log(dim.high) - math.log(dim.low))
-    return (float(value) - dim.low) / (dim.high - dim.low)
-
-
-def search_edges(space: Space, config: dict[str, Any], fraction: float = EDGE_FRACTION) -> list[str]:
-    """The searched numeric dimensions whose selected value lies within `fraction` of a bound, as "name:low" or
-    "name:high", in the space's order. Choices (e.g. batch size) are not ranges and are not checked."""
-    edges = []
-    for name, dim in space.items():
-        position = edge_position(dim, config.get(name))
-        if position is None:
-            continue
-        if position <= fraction:
-            edges.append(f"{name}:low")
-        elif position >= 1 - fraction:
-            edges.append(f"{name}:high")
-    return edges
-
-
-def search_diagnostics(rows: list[TrialResult], best_index: int, space: Space, config: dict[str, Any]) -> dict:
-    """The cell row's `search_*` fields: `rows` are the search trials in the order Tune lists them (the order it
-    created them, except that a trial retried after a failure moves to the end: it ran again there), `best_index`
-    the selected one, `space` the searched dimensions and `config` the selected configuration."""
-    curve = best_so_far([r.val_accuracy if r.status == "ok" else None for r in rows])
-    edges = search_edges(space, config)
-    return {
-        "search_best_so_far": json.dumps(curve),
-        "search_best_trial": best_index,
-        "search_still_improving": still_improving(best_index, len(rows)),
-        "search_at_edge": bool(edges),
-        "search_edges": ",".join(edges),
-    }
 
 
 def _search_checks(result: Any, ok: bool) -> list[tuple[int, float]]:

@@ -47,7 +47,7 @@ def trial_seed(cell_seed: int, config: dict[str, Any]) -> int:
     return derive_seed(cell_seed, config_json(config))
 
 
-def proxy_trial(config: dict[str, Any], holder: list, cell_seed: int, workers: Any, replace_worker: Any) -> None:
+def proxy_trial(config: dict[str, Any], holder: list, cell_seed: int, workers: Any, worker_lost: Any) -> None:
     """Run one search trial on a free worker; report its validation checks as they come, then its result."""
     seed = trial_seed(cell_seed, config)
     trial_id = tune.get_context().get_trial_id()
@@ -62,7 +62,7 @@ def proxy_trial(config: dict[str, Any], holder: list, cell_seed: int, workers: A
             tune.report({METRIC: best, CHECK: accuracy, "step": step, "trial_seed": seed, "node_id": node_id})
         result = ray.get(done)
     except WORKER_LOST:
-        workers.put(replace_worker())  # e.g. killed for memory: the trial fails (and is retried), the pool heals
+        worker_lost()  # e.g. killed for memory, or its node left: the trial fails (and is retried), the pool heals
         raise
     if result.get("stopped"):
         return  # the search stopped this trial while it was still running: nothing more to report

@@ -18,17 +18,19 @@ import math
 import os
 import queue
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 import ray
 import torch
 from ray.exceptions import RayError
-from ray.util.queue import Queue
+from ray.util.queue import Empty, Queue
 
 from harness.config import FaultInjection, ModelConfig, Resources
 from harness.device import assigned_device, attention_for, hardware, prepare_device
 from harness.plugins import Attack, AttackContext, CellData
+from harness.resources import on_this_node
 from harness.tokenized import TokenizedSplit
 from harness.training import Features, resolve_precision
 from harness.trial import WORKER_LOST, derive_seed
@@ -75,23 +77,24 @@ def injected_fault(faults: FaultInjection | None, seed: int) -> str | None:
 # can be streamed out and the trial stopped while it trains. The pool starts workers with the trial's resources.
 @ray.remote(num_cpus=0, concurrency_groups={"control": 4})
 class AttackWorker:
-    """Runs attack trials and reruns; caches the current cell's payload (weights, data, features)."""
+    """Runs attack trials and reruns of any cell in flight; caches the payloads (weights, data, features) of the
+    last `payload_slots` cells it ran, so that trials of cells searched side by side do not reload them each time."""
 
-    def __init__(self, resources: Resources, faults: FaultInjection | None = None):
+    def __init__(self, resources: Resources, faults: FaultInjection | None = None, payload_slots: int = 1):
         from transformers import BertModel  # noqa: F401  (imported now, while the driver still prepares the cell)
 
         torch.set_num_threads(max(1, int(resources.cpu)))
         self._device = assigned_device(resources.gpu)
         prepare_device(self._device, resources.gpu)
         self._hardware = hardware(self._device)
-        self._key: str | None = None
-        self._payload: Any = None
+        self._payloads: OrderedDict[str, Any] = OrderedDict()  # payload ref -> payload, oldest first
+        self._slots = max(1, payload_slots)
         self._faults = faults
         self._trial: str | None = None  # the search trial training now
         self._steps = 0  # its training steps so far
         self._stopped: set[str] = set()  # search trials to stop at their next step
         self._checks: dict[str, queue.SimpleQueue] = {}  # search trial -> its validation checks, then None
-        self._ran: dict[str, int] = {}  # search trials ended since `steps_run` was last asked -> their steps
+        self._ran: dict[str, int] = {}  # search trials ended here, not yet asked for by `trial_steps` -> their steps
 
     def run(self, holder: list, config: dict[str, Any], seed: int, score_test: bool) -> dict[str, Any]:
 
@@ -103,11 +106,7 @@ class AttackWorker:
             os._exit(1)  # no cleanup, no exception: the way the kernel's OOM killer ends a process
         if fault == "exception":
             raise InjectedFault(f"injected exception (trial seed {seed})")
-        ref = holder[0]
-        if ref.hex() != self._key:
-            self._payload, self._key = None, None  # free the previous cell's weights first
-            self._payload, self._key = ray.get(ref), ref.hex()
-        payload = self._payload
+        payload = self._payload(holder[0])
         ctx = AttackContext(payload.model, payload.encoder_state, payload.data, payload.features,
                             payload.eval_every, self._device, on_eval=self._on_eval, on_step=self._on_step)
         torch.manual_seed(seed)
@@ -129,6 +128,16 @@ class AttackWorker:
             "hardware": self._hardware,
             "precision": ctx.precision,
         }
+
+    def _payload(self, ref: Any) -> CellPayload:
+        key = ref.hex()
+        if key in self._payloads:
+            self._payloads.move_to_end(key)
+        else:
+            while len(self._payloads) >= self._slots:
+                self._payloads.popitem(last=False)  # free the oldest cell's weights before loading the next
+            self._payloads[key] = ray.get(ref)
+        return self._payloads[key]
 
     def encode(self, model: ModelConfig, state: dict[str, torch.Tensor], splits: list[TokenizedSplit]
                ) -> list[torch.Tensor]:
@@ -171,17 +180,19 @@ class AttackWorker:
         self._checks.pop(trial_id, None)
 
     @ray.method(concurrency_group="control")
-    def stop(self, trial_id: str | None = None) -> None:
-        """Stop this search trial (None: whichever is training) at its next step, if it is training here."""
+    def stop(self, trial_ids: list[str]) -> None:
+        """Stop whichever of these search trials is training here, at its next step."""
         current = self._trial
-        if current is not None and trial_id in (None, current):
+        if current is not None and current in trial_ids:
             self._stopped.add(current)
 
-    def steps_run(self) -> dict[str, int]:
-        """Training steps of each search trial that ended since the last call, stopped or not. In the default
-        group, so it answers only once the training in progress has ended."""
-        ran, self._ran = self._ran, {}
-        return ran
+    @ray.method(concurrency_group="control")
+    def trial_steps(self, trial_ids: list[str]) -> dict[str, int]:
+        """The training steps each of these search trials ran here, stopped or not, once none of them is training
+        (another cell's trial may be: it is not waited for)."""
+        while self._trial in trial_ids:
+            time.sleep(0.02)
+        return {t: self._ran.pop(t) for t in trial_ids if t in self._ran}
 
     def _channel(self, trial_id: str) -> queue.SimpleQueue:
         return self._checks.setdefault(trial_id, queue.SimpleQueue())
@@ -206,70 +217,104 @@ def _accuracy(attack: str, name: str, value: Any) -> float:
     return number
 
 
+ENCODE_ATTEMPTS = 3  # workers a feature computation may lose (to crashes, or to nodes leaving) before the run stops
+SETTLE_WAIT_S = 60.0  # a worker that has not answered by then never started (no node had room): it ran nothing
+
+
 @ray.remote(num_cpus=0)
 class _Spawner:
     """Creates the pool's workers, and so owns them: a Ray actor dies with its owner, and a worker that replaces a
-    dead one from inside a trial must outlive that trial's actor, though not the driver (which owns the spawner)."""
+    dead one from inside a trial must outlive that trial's actor, though not the driver (which owns the spawner).
 
-    def __init__(self, options: dict[str, Any], args: tuple):
-        self._options, self._args = options, args
+    A replacement joins the queue only once it runs: after a node is lost, the nodes left may have no room for it
+    yet, and a worker handed out before it starts would hold its trial until there is."""
+
+    def __init__(self, options: dict[str, Any], args: tuple, pool_queue: Queue):
+        self._options, self._args, self._queue = options, args, pool_queue
         self._workers: list[Any] = []  # held so they stay alive
 
     def spawn(self) -> Any:
-        # SPREAD: over the nodes with room for the worker's resources, which it reserves, so no node gets more
-        # workers than it holds and an autoscaler sees the demand of any that wait.
-        worker = AttackWorker.options(**self._options, scheduling_strategy="SPREAD").remote(*self._args)
+        worker = self._create()
         self._workers.append(worker)
         return worker
+
+    async def replace(self) -> None:
+        worker = self._create()
+        try:
+            await worker.__ray_ready__.remote()
+        except RayError:
+            return  # it could not start after all: the pool is one worker smaller
+        # Known (to `stop` and `settle`) only once it runs: one still waiting for room would keep them waiting.
+        self._workers.append(worker)
+        await self._queue.put_async(worker)
+
+    def _create(self) -> Any:
+        # SPREAD: over the nodes with room for the worker's resources, which it reserves, so no node gets more
+        # workers than it holds and an autoscaler sees the demand of any that wait.
+        return AttackWorker.options(**self._options, scheduling_strategy="SPREAD").remote(*self._args)
 
     def workers(self) -> list[Any]:
         return list(self._workers)
 
 
 class WorkerPool:
-    """`size` workers with a trial's resources, and a queue that lends them to trials one at a time."""
+    """`size` workers with a trial's resources, and a queue that lends them to trials one at a time, whichever
+    cell's: the cells searched at once share the pool. A worker that died is replaced once a node has room."""
 
-    def __init__(self, size: int, resources: Resources, faults: FaultInjection | None = None):
+    def __init__(self, size: int, resources: Resources, faults: FaultInjection | None = None, payload_slots: int = 1):
         self.size = size
         options = {"num_cpus": resources.cpu, "num_gpus": resources.gpu}
-        self._spawner = _Spawner.remote(options, (resources, faults))
-        self.queue = Queue(actor_options={"num_cpus": 0})
+        here = on_this_node()  # the pool's bookkeeping stays with the driver; its workers go where there is room
+        self.queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
+        self._spawner = _Spawner.options(scheduling_strategy=here).remote(options, (resources, faults, payload_slots),
+                                                                          self.queue)
         for handle in ray.get([self._spawner.spawn.remote() for _ in range(size)]):
             self.queue.put(handle)
 
-    def _new(self) -> Any:
-        return ray.get(self._spawner.spawn.remote())
+    def replace_lost(self) -> None:
+        """Have the spawner start a worker in place of one that died (returns at once)."""
+        self._spawner.replace.remote()
 
-    def replacement_factory(self):
+    def loss_reporter(self):
+        """`replace_lost` for a trial's proxy, which must not import this module (nor torch) to call it."""
         spawner = self._spawner
-        return lambda: ray.get(spawner.spawn.remote())
+        return lambda: spawner.replace.remote()
 
     def encode(self, model: ModelConfig, state: Any, splits: list[TokenizedSplit]) -> list[torch.Tensor]:
-        """`AttackWorker.encode` on a free worker (`state`: the weights or their object reference)."""
-        worker = self.queue.get()
-        try:
-            return ray.get(worker.encode.remote(model, state, splits))
-        except WORKER_LOST:
-            worker = self._new()
-            raise
-        finally:
+        """`AttackWorker.encode` on a free worker (`state`: the weights or their object reference); on another one
+        if that worker is lost on the way."""
+        for attempt in range(ENCODE_ATTEMPTS):
+            worker = self.queue.get()
+            try:
+                encoded = ray.get(worker.encode.remote(model, state, splits))
+            except WORKER_LOST:
+                self.replace_lost()
+                if attempt + 1 == ENCODE_ATTEMPTS:
+                    raise
+                continue
             self.queue.put(worker)
+            return encoded
+        raise AssertionError("unreachable")
 
     def run_all(
         self, holder: list, jobs: list[tuple[dict[str, Any], int]], score_test: bool, attempts: int
     ) -> list[dict[str, Any] | RayError]:
         """Run (config, seed) jobs on the pool's free workers; a failing job is tried up to `attempts` times in all.
 
-        Returns each job's result, or the error of its last attempt. A worker that died is replaced.
+        Returns each job's result, or the error of its last attempt. A worker that died is replaced. While some of
+        its jobs run, it takes only workers that are free now: others may be lent to other cells' trials, or lost.
         """
         outcomes: list[Any] = [None] * len(jobs)
         tries = [0] * len(jobs)
         waiting = list(range(len(jobs)))
         running: dict[Any, tuple[int, Any]] = {}
         while waiting or running:
-            while waiting and len(running) < self.size:
+            while waiting:
+                try:
+                    worker = self.queue.get_nowait() if running else self.queue.get()
+                except Empty:
+                    break
                 i = waiting.pop(0)
-                worker = self.queue.get()
                 tries[i] += 1
                 config, seed = jobs[i]
                 running[worker.run.remote(holder, config, seed, score_test)] = (i, worker)
@@ -277,31 +322,34 @@ class WorkerPool:
             i, worker = running.pop(done)
             try:
                 outcomes[i] = ray.get(done)
+                self.queue.put(worker)
             except WORKER_LOST as exc:
                 outcomes[i] = exc
-                worker = self._new()
+                self.replace_lost()
             except RayError as exc:  # the attack raised: Ray wraps its exception
                 outcomes[i] = exc
-            self.queue.put(worker)
+                self.queue.put(worker)
             if isinstance(outcomes[i], RayError) and tries[i] < attempts:
                 waiting.append(i)
         return outcomes
 
-    def stop(self, trial_id: str | None = None) -> None:
-        """Stop a search trial (None: every search trial) wherever it trains, at its next step; returns at once."""
+    def stop(self, trial_ids: list[str]) -> None:
+        """Stop these search trials wherever they train, at their next step; returns at once."""
         for worker in ray.get(self._spawner.workers.remote()):
-            worker.stop.remote(trial_id)
+            worker.stop.remote(trial_ids)
 
-    def settle(self) -> dict[str, int]:
+    def settle(self, trial_ids: list[str]) -> dict[str, int]:
         """After a search: stop its trials still training, wait until they have, and return the training steps
-        its trials ran, by trial id (what a trial cut short really cost: its proxy never heard its end)."""
+        each ran, by trial id (what a trial cut short really cost: its proxy never heard its end)."""
         workers = ray.get(self._spawner.workers.remote())
         for worker in workers:
-            worker.stop.remote()
+            worker.stop.remote(trial_ids)
+        answers = [worker.trial_steps.remote(trial_ids) for worker in workers]
+        ready, _ = ray.wait(answers, num_returns=len(answers), timeout=SETTLE_WAIT_S)
         ran: dict[str, int] = {}
-        for worker in workers:
+        for answer in ready:
             try:
-                ran.update(ray.get(worker.steps_run.remote()))
+                ran.update(ray.get(answer))
             except WORKER_LOST:
                 pass  # a dead worker trains nothing
         return ran

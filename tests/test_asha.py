@@ -19,25 +19,10 @@ from harness.models import build_encoder
 from harness.plugins import CellData
 from harness.results import read_cells, read_curves, read_trials
 from harness.plan import validate_plugins
-from harness.search import CellPayload, PlateauStopper
 from harness.training import Features, encode
-from harness.trial import FINAL, METRIC
-from harness.workers import WorkerPool
+from harness.workers import CellPayload, WorkerPool
 from tests.conftest import SMOKE, sdm_command
 from tests.test_attacks import TINY, easy_split
-
-
-def test_plateau_stop_counts_final_results_only():
-    stopper = PlateauStopper(patience=2)
-    stopper("a", {METRIC: 0.9, FINAL: True})
-    for i in range(5):  # validation checks of a running trial are progress, not trials without improvement
-        stopper("b", {METRIC: 0.1, "step": i})
-    assert not stopper.stop_all()
-    stopper("b", {METRIC: 0.5, FINAL: True})
-    stopper("b", {METRIC: 0.5, FINAL: True})  # Tune's closing result repeats the last one
-    assert not stopper.stop_all()
-    stopper("c", {METRIC: 0.8, FINAL: True})
-    assert stopper.stop_all()
 
 
 def test_asha_settings_are_checked_before_anything_runs():
@@ -73,11 +58,11 @@ def test_stopping_a_trial_stops_its_worker(local_ray):
         checks = worker.evaluations.remote("trial-a")
         first = ray.get(next(checks), timeout=120)
         assert first[0] == 2 and 0.0 <= first[1] <= 1.0 and first[2]  # (step, accuracy, node id)
-        pool.stop("trial-a")
+        pool.stop(["trial-a"])
         result = ray.get(done, timeout=60)  # returns long before 100,000 steps
         assert result["stopped"] and 2 <= result["steps_run"] < 1000
         assert pool.queue.get(timeout=30) is not None  # the worker gave itself back to the pool
-        assert pool.settle() == {"trial-a": result["steps_run"]}  # the steps it really ran, for the trials table
+        assert pool.settle(["trial-a"]) == {"trial-a": result["steps_run"]}  # the steps it really ran, for the trials table
     finally:
         pool.shutdown()
 

@@ -90,11 +90,27 @@ def test_trials_bar_total_shrinks_by_the_trials_a_cell_did_not_use():
     bar = TrialsBar(progress, 3 * 10)
     for used in (10, 4, 7):
         bar.start("cell")
-        for _ in range(used):
-            bar.advance()
-        bar.end(10)
+        for ended in range(1, used + 1):
+            bar.advance("cell", ended)
+        bar.end("cell", used, 10)
     [task] = progress.tasks
     assert task.completed == task.total == 21
+
+
+def test_trials_bar_counts_the_trials_of_cells_in_flight_together():
+    progress = Progress()
+    bar = TrialsBar(progress, 2 * 10)
+    bar.start("a")
+    bar.start("b")
+    [task] = progress.tasks
+    assert task.description == "trials (2 cells at once)"
+    bar.advance("a", 3)
+    bar.advance("b", 2)
+    bar.advance("a", 3)  # the same count reported again moves nothing
+    bar.end("a", 6, 10)  # reports are throttled: the end brings the last count
+    assert task.description == "trials b"
+    bar.end("b", 10, 10)
+    assert task.completed == task.total == 16
 
 
 def python(script: str) -> subprocess.CompletedProcess:

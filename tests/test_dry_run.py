@@ -108,7 +108,7 @@ def test_asha_lowers_the_estimate_and_probe_trials_are_not_priced():
     assert 0 < by_attack["finetune"].search_steps < by_attack["finetune"].mean_steps
 
 
-def test_the_plan_says_how_many_defense_trainings_run_at_once(tmp_path):
+def test_the_plan_says_how_many_defense_trainings_and_cells_run_at_once(tmp_path):
     # smoke: 2 defenses x 1 seed; one CPU each on a 2-core machine trains both at once, two CPUs each one at a time
     for resources, cores, gpus, expected in (("{cpu: 1}", 2, 0, 2), ("{cpu: 2}", 2, 0, 1), ("{cpu: 1, gpu: 1}", 8, 1, 1),
                                               ("{cpu: 1, gpu: 1}", 8, 0, 0)):
@@ -116,11 +116,18 @@ def test_the_plan_says_how_many_defense_trainings_run_at_once(tmp_path):
         cost = estimate_cost(cfg, plan_cells(cfg, ROOT / "no-such-run"), validate_plugins(cfg, "smoke"), "fp32",
                              cores=cores, gpus=gpus)
         assert (cost.trainings, cost.trainings_at_once) == (2, expected), resources
+    # smoke: 8 cells, 2 trials a cell at once; 2 cores hold 2 workers, which one cell fills, plus one in flight
+    for overrides, cores, expected in (([], 2, (2, 2)), ([], 8, (8, 5)), (["search.max_concurrent=1"], 2, (2, 3)),
+                                       (["cluster.cells_at_once=1"], 8, (2, 1))):
+        cfg = load_config(SMOKE, overrides)
+        cost = estimate_cost(cfg, plan_cells(cfg, ROOT / "no-such-run"), validate_plugins(cfg, "smoke"), "fp32",
+                             cores=cores)
+        assert (cost.parallel, cost.cells_at_once) == expected, (overrides, cores)
     result, _ = offline_sdm("run", str(SMOKE), "--dry-run", "--set", "defense_training.resources={cpu: 1}",
                             "--out", str(tmp_path / "dry"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     expected_line = ("at once on this machine: 2 of 2 defense trainings (defense_training.resources {cpu: 1, gpu: 0} "
-                     "each), then one cell at a time with 2 trials at once")
+                     "each), then 2 cells at a time sharing 2 trial workers (2 trials a cell at once)")
     assert expected_line in result.stdout, result.stdout
 
 

@@ -137,9 +137,16 @@ def test_requests_are_checked_node_by_node_and_summed_into_the_pool() -> None:
     check_requests(load_config(SMOKE, ["search.resources_per_trial={cpu: 2, gpu: 1}", "cluster.autoscaling=true"]),
                    nodes, "the cluster")  # left to the autoscaler
     shares = load_config(SMOKE, ["search.resources_per_trial={cpu: 0.5, gpu: 0.5}", "search.max_concurrent=6"])
-    assert pool_size(shares, nodes) == 2  # the CPU of the GPU node limits it
+    assert pool_size(shares, nodes, cells=1) == 2  # the CPU of the GPU node limits it
     cpus = load_config(SMOKE, ["search.resources_per_trial={cpu: 1, gpu: 0}", "search.max_concurrent=6"])
-    assert pool_size(cpus, nodes) == 5 and pool_size(cpus, nodes[:1]) == 4
+    assert pool_size(cpus, nodes, cells=1) == 5 and pool_size(cpus, nodes[:1], cells=1) == 4
+    # Cells searched at once share the pool: it grows to what their batches use, within what the nodes hold.
+    pairs = load_config(SMOKE, ["search.resources_per_trial={cpu: 1, gpu: 0}", "search.max_concurrent=2"])
+    assert pool_size(pairs, nodes, cells=1) == 2 and pool_size(pairs, nodes, cells=2) == 4
+    assert pool_size(pairs, nodes, cells=8) == 5
+    capped = load_config(SMOKE, ["search.resources_per_trial={cpu: 1, gpu: 0}", "search.max_concurrent=2",
+                                 "cluster.cells_at_once=1"])
+    assert pool_size(capped, nodes, cells=8) == 2
 
 
 def test_a_cluster_running_on_this_machine_is_found(tmp_path: Path) -> None:
@@ -245,7 +252,7 @@ def test_workers_are_placed_by_capacity(gpu_worker_node) -> None:
     ray.init(address=cluster.address, logging_level="ERROR")
     try:
         cfg = load_config(SMOKE, ["search.resources_per_trial={cpu: 0.5, gpu: 0.5}", "search.max_concurrent=6"])
-        size = pool_size(cfg, [dict(n["Resources"]) for n in ray.nodes() if n["Alive"]])
+        size = pool_size(cfg, [dict(n["Resources"]) for n in ray.nodes() if n["Alive"]], cells=1)
         assert size == 4  # 2 GPUs / 0.5; the head has none
         pool = WorkerPool(size, cfg.search.resources_per_trial)
         try:

@@ -293,7 +293,9 @@ def test_ctrl_c_during_a_search_stops_the_run_and_records_no_part_of_that_search
     """Tune's own SIGINT handler used to end the search it was running quietly: the cell was recorded from the trials
     it had, and the run went on. Now Ctrl+C ends the run (exit 130, one line); --resume completes the cell."""
     out = tmp_path / "run"
-    args = ["run", str(SMOKE), "--out", str(out), *ARGS]
+    # One cell at a time, so that the signal lands inside the second cell's search after the first is recorded
+    # (cells in flight when a driver is killed: tests/test_width.py).
+    args = ["run", str(SMOKE), "--out", str(out), *ARGS, "--set", "cluster.cells_at_once=1"]
     driver = start(*args, cwd=tmp_path, env={"TUNE_GLOBAL_CHECKPOINT_S": "1"})
     first, second = (out / "cells" / f"{cell}.parquet" for cell in CELLS)
     wait_for(first.exists, driver, "the first cell's row")

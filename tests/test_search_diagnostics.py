@@ -11,7 +11,7 @@ import pytest
 from harness.leaderboard import BUDGET_LIMITED, aggregate, render_html, render_markdown, render_terminal
 from harness.report.stats import BLOCKED, INCONCLUSIVE, NOT_BLOCKED, established, search_limited
 from harness.results import TrialResult
-from harness.search import best_so_far, edge_position, search_diagnostics, search_edges, still_improving
+from harness.search_diagnostics import best_so_far, edge_position, search_diagnostics, search_edges, still_improving
 from harness.space import Choice, Fixed, IntRange, LogUniform, Uniform
 from tests.test_leaderboard import cell, gap_cells, row, summary, table
 

@@ -1,0 +1,100 @@
+"""Load with faults: about 1,000 trials of the smoke model with `--fraction` of them failing on purpose
+(`search.fault_injection`: exceptions, NaN accuracies and worker crashes), many cells in flight, on a local Ray
+instance; the driver runs in this process, which samples its own resident memory as the trials end.
+
+Checked and reported: every cell completes or is marked failed; no trial row is lost (each cell has as many search
+rows as it says it ran, and its reruns) or written twice; the driver's resident memory when the first hundred trials
+had ended and when the last hundred had, and the growth between them.
+
+    .venv/bin/python benchmarks/fault_load.py --seeds 42 --fraction 0.2
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rich.console import Console  # noqa: E402
+
+from harness.configfile import load_config  # noqa: E402
+from harness.results import read_cells, read_trials  # noqa: E402
+from harness.runner import run_experiment  # noqa: E402
+
+SMOKE = ROOT / "configs" / "smoke.yaml"
+
+
+def resident_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=42, help="2 tasks x 2 budgets x seeds cells, 6 trials each")
+    parser.add_argument("--fraction", type=float, default=0.2)
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    work = Path(tempfile.mkdtemp(prefix="sdm-faults-"))
+    os.environ["SDM_CACHE_DIR"] = str(work / "cache")
+    out = work / "run"
+    faults = {"fraction": args.fraction, "kind": ["exception", "nan", "crash"]}
+    cfg = load_config(SMOKE, [
+        "defenses=[{name: random-init}]", f"seeds={list(range(args.seeds))}", "defense_training.seeding=shared",
+        "search.num_samples=4", "search.plateau_patience=4", "search.reruns=2", "search.max_failures=1",
+        f"search.fault_injection={json.dumps(faults)}", f"output={out}",
+    ])
+    samples: list[tuple[float, int, float]] = []  # (time, cells written, resident MB)
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            cells = len(list((out / "cells").glob("*.parquet"))) if (out / "cells").exists() else 0
+            samples.append((time.perf_counter(), cells, resident_mb()))
+            done.wait(1.0)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    started = time.perf_counter()
+    summary = run_experiment(cfg, origin="smoke.yaml", console=Console(file=io.StringIO()))
+    wall = time.perf_counter() - started
+    done.set()
+    sampler.join()
+
+    cells = read_cells(out).to_pylist()
+    trials = read_trials(out).to_pylist()
+    keys = Counter((t["cell_id"], t["phase"], t["trial_id"]) for t in trials)
+    lost = 0
+    for cell in cells:
+        search = sum(t["cell_id"] == cell["cell_id"] and t["phase"] == "search" for t in trials)
+        reruns = sum(t["cell_id"] == cell["cell_id"] and t["phase"] == "rerun" for t in trials)
+        lost += abs(search - cell["n_trials"]) + (abs(reruns - 2) if cell["status"] == "ok" else 0)
+    # Memory against trials ended: a cell's trials count once its rows are written.
+    per_cell = len(trials) / max(1, len(cells))
+    first = next(mb for _, n, mb in samples if n * per_cell >= 100)
+    last = next(mb for _, n, mb in samples if n * per_cell >= len(trials) - 100)
+    print(json.dumps({
+        "cells": len(cells), "planned": len(summary.failed) + summary.cells_run,
+        "ok": sum(c["status"] == "ok" for c in cells), "failed": sum(c["status"] == "failed" for c in cells),
+        "trials": len(trials), "trial_errors": sum(t["status"] == "error" for t in trials),
+        "rows_duplicated": sum(n - 1 for n in keys.values() if n > 1), "rows_lost": lost,
+        "wall_s": round(wall), "trials_per_hour": round(len(trials) / wall * 3600),
+        "driver_rss_mb_first_100": round(first), "driver_rss_mb_last_100": round(last),
+        "driver_rss_growth_mb": round(last - first),
+    }))
+
+
+if __name__ == "__main__":
+    main()
