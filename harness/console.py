@@ -49,6 +49,12 @@ def quiet_process() -> None:
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
 
 
+def tune_environment() -> dict[str, str]:
+    """This process's settings of Ray Tune, and the quiet ones, for every worker of the run: Tune's controllers run
+    in the cell searchers, and a Ray cluster the driver joined, rather than started, has its own environment."""
+    return {**QUIET_ENV, **{k: v for k, v in os.environ.items() if k.startswith(("TUNE_", "RAY_AIR_"))}}
+
+
 def quiet_libraries() -> None:
     """The verbosity of the libraries this process has already imported (the environment covers the others)."""
     logging.getLogger(TUNE_RESULTS_LOGGER).setLevel(logging.ERROR)

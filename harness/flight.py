@@ -46,7 +46,11 @@ def payload_slots(at_once: int) -> int:
 class CellSearcher:
     """Runs one cell's search at a time (`harness.search.run_cell`), reporting its trial count to the board."""
 
-    def __init__(self) -> None:
+    def __init__(self, environment: dict[str, str]) -> None:
+        # The driver's Tune settings, before Tune is imported: a cluster the driver joined has its own environment.
+        # (Given here rather than as a runtime_env's env_vars, whose workers start through Ray's runtime-env agent
+        # and outlive a killed driver's raylet by a minute.)
+        os.environ.update(environment)
         import optuna
 
         import harness.search  # noqa: F401  (Ray Tune and Optuna: imported once per searcher, not once per cell)
@@ -73,16 +77,9 @@ class CellSearcher:
 
 def _new_searcher() -> Any:
     # On the driver's node: the search state is written where the driver (and a later --resume) finds it.
-    return CellSearcher.options(scheduling_strategy=on_this_node(),
-                                runtime_env={"env_vars": tune_environment()}).remote()
+    from harness.console import tune_environment
 
-
-def tune_environment() -> dict[str, str]:
-    """The driver's settings of Ray Tune (and the quiet ones) for the searcher that runs Tune: a Ray instance the
-    driver joined, rather than started, has its own environment."""
-    from harness.console import QUIET_ENV
-
-    return {**QUIET_ENV, **{k: v for k, v in os.environ.items() if k.startswith(("TUNE_", "RAY_AIR_"))}}
+    return CellSearcher.options(scheduling_strategy=on_this_node()).remote(tune_environment())
 
 
 def search_cells(
