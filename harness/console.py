@@ -169,9 +169,12 @@ class TrialsBar:
         self._describe()
 
     def advance(self, cell_id: str, ended: int) -> None:
-        """`ended` of the cell's trials have ended (a count, not an increment)."""
-        step = max(0, ended - self.in_cell.get(cell_id, 0))
-        self.in_cell[cell_id] = self.in_cell.get(cell_id, 0) + step
+        """`ended` of the cell's trials have ended (a count, not an increment); a late report of a cell that has
+        ended already moves nothing."""
+        if cell_id not in self.in_cell:
+            return
+        step = max(0, ended - self.in_cell[cell_id])
+        self.in_cell[cell_id] += step
         self.progress.advance(self.task, step)
 
     def end(self, cell_id: str, used: int, most: int) -> None:

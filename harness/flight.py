@@ -140,6 +140,7 @@ def search_cells(
                     flying[_submit(searcher, job, True)] = (job, searcher, restarts + 1)
                     continue
                 free.append(searcher)
+                by_id.pop(job.cell.cell_id, None)  # its trial counts still on the board are stale now
                 on_result(job, outcome)
     finally:
         for searcher in searchers:

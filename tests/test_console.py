@@ -109,6 +109,8 @@ def test_trials_bar_counts_the_trials_of_cells_in_flight_together():
     bar.advance("a", 3)  # the same count reported again moves nothing
     bar.end("a", 6, 10)  # reports are throttled: the end brings the last count
     assert task.description == "trials b"
+    bar.advance("a", 6)  # a report of a's that arrives after its end is stale
+    assert task.completed == 8
     bar.end("b", 10, 10)
     assert task.completed == task.total == 16
 
