@@ -158,7 +158,7 @@ def run_sdm(opts: argparse.Namespace, grid: list[dict[str, Any]], workdir: Path,
     import harness.search
     from harness.config import ExperimentConfig
     from harness.results import read_trials
-    from harness.workers import WorkerPool
+    from harness.pool import WorkerPool
 
     keys = searched(grid)
     # The one change to the engine: TPE proposes the grid's configurations first (Ray's own warm start), so this

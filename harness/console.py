@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,24 @@ LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 # nothing a user can act on.
 TUNE_RESULTS_LOGGER = "ray.tune.analysis.experiment_analysis"
 PLAIN_WIDTH = 160  # columns of a console that is not a terminal
+# Tune logs a failed trial with its whole traceback (a worker lost with its node: three screens). The trials table
+# keeps the error; the console gets one line.
+TUNE_CONTROLLER_LOGGER = "ray.tune.execution.tune_controller"
+
+
+ANSI_CODE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class OneLineErrors(logging.Filter):
+    """Turns a record's traceback into its exception's first line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            first = ANSI_CODE.sub("", (str(error).strip().splitlines() or [""])[0])  # Ray colours its task names
+            record.msg, record.args = f"{record.getMessage()}: {type(error).__name__}: {first}", None
+            record.exc_info = record.exc_text = None
+        return True
 
 
 def quiet_process() -> None:
@@ -58,6 +77,9 @@ def tune_environment() -> dict[str, str]:
 def quiet_libraries() -> None:
     """The verbosity of the libraries this process has already imported (the environment covers the others)."""
     logging.getLogger(TUNE_RESULTS_LOGGER).setLevel(logging.ERROR)
+    controller = logging.getLogger(TUNE_CONTROLLER_LOGGER)
+    if not any(isinstance(f, OneLineErrors) for f in controller.filters):
+        controller.addFilter(OneLineErrors())
     if "transformers" in sys.modules:
         from transformers.utils import logging as hf_logging
 

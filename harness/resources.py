@@ -117,9 +117,9 @@ def running_cluster(temp_dir: Path = Path("/tmp/ray")) -> str | None:
 
 
 def on_this_node() -> Any:
-    """A scheduling strategy that keeps an actor on this process's node. The run's own actors (the trial queue, the
-    worker spawner, the progress board, the cell searchers) hold no resources and could land anywhere; on a worker
-    node that leaves the cluster they would take the whole run with them."""
+    """A scheduling strategy that keeps an actor on this process's node. The run's own actors (the pool's lender,
+    the progress board, the cell searchers) hold no resources and could land anywhere; on a worker node that leaves
+    the cluster they would take the whole run with them."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 

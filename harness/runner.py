@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from harness.data.prepare import PreparedData
     from harness.defend import DefendedWeights
     from harness.results import Provenance
-    from harness.workers import WorkerPool
+    from harness.pool import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +299,7 @@ def _start_pool(cfg: ExperimentConfig, cells: int) -> tuple[WorkerPool, int]:
     and how many of the `cells` to search at once."""
     from harness.flight import payload_slots
     from harness.resources import cells_at_once, live_nodes, pool_size
-    from harness.workers import WorkerPool
+    from harness.pool import WorkerPool
 
     size = pool_size(cfg, live_nodes(), cells)
     if size == 0:  # checked at the start; the nodes that had room have left since

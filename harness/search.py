@@ -35,7 +35,7 @@ from harness.search_diagnostics import search_diagnostics
 from harness.space import Fixed, to_tune
 from harness.tracking import tracking_callbacks
 from harness.trial import CHECK, FINAL, METRIC, PROXY_RESOURCES, config_json, derive_seed, proxy_trial, trial_seed
-from harness.workers import WorkerPool
+from harness.pool import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +179,7 @@ def run_cell(
     search = cfg.search
     # The pool's workers hold the trial's resources; a proxy only waits for its worker.
     trainable = tune.with_resources(
-        tune.with_parameters(proxy_trial, holder=holder, cell_seed=cell.seed, workers=pool.queue,
-                             worker_lost=pool.loss_reporter()),
+        tune.with_parameters(proxy_trial, holder=holder, cell_seed=cell.seed, lender=pool.lender),
         PROXY_RESOURCES,
     )
     # Tune registers a trainable by name, once for the whole Ray job: cells searched at once must not share one,

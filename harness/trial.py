@@ -9,8 +9,9 @@ and a proxy, which only waits, reserves nothing but its process's memory (`PROXY
 A trial reports every validation check its worker publishes (the best accuracy so far, at that training step, and
 the check's own accuracy for the curves table), so a scheduler such as ASHA can stop it on any of them, then a last
 result marked `FINAL`. Tune ends a stopped proxy
-abruptly, so the proxy cannot be trusted to stop or give back its worker: the worker rejoins the queue by itself when
-its trial ends, and the search stops the worker's training (`WorkerPool.stop`, `WorkerPool.settle`).
+abruptly, so the proxy cannot be trusted to stop or give back its worker: the worker gives itself back when its trial
+ends, the search stops the worker's training (`WorkerPool.stop`, `WorkerPool.settle`), and the lender takes back a
+worker whose proxy ended before handing it the trial.
 """
 
 from __future__ import annotations
@@ -47,22 +48,26 @@ def trial_seed(cell_seed: int, config: dict[str, Any]) -> int:
     return derive_seed(cell_seed, config_json(config))
 
 
-def proxy_trial(config: dict[str, Any], holder: list, cell_seed: int, workers: Any, worker_lost: Any) -> None:
-    """Run one search trial on a free worker; report its validation checks as they come, then its result."""
+def proxy_trial(config: dict[str, Any], holder: list, cell_seed: int, lender: Any) -> None:
+    """Run one search trial on a worker `lender` (`harness.pool`) lends it; report its validation checks as they
+    come, then its result."""
     seed = trial_seed(cell_seed, config)
     trial_id = tune.get_context().get_trial_id()
-    worker = workers.get()  # blocks until a worker is free; the worker rejoins the queue when the trial ends
+    lease, worker = ray.get(lender.borrow.remote())  # once a worker is free; it gives itself back when it is done
     try:
-        done = worker.trial.remote(holder, config, seed, trial_id, workers)
-        best = float("-inf")
-        for point in worker.evaluations.remote(trial_id):
-            step, accuracy, node_id = ray.get(point)
-            best = max(best, accuracy)  # fit keeps the best checkpoint: the trial is worth its best check so far
-            # CHECK: this check's own accuracy, for the curves table (METRIC is the best so far, for the scheduler)
-            tune.report({METRIC: best, CHECK: accuracy, "step": step, "trial_seed": seed, "node_id": node_id})
+        done = worker.trial.remote(holder, config, seed, trial_id, lender, lease)
+        best, seen, ended = float("-inf"), 0, False
+        while not ended:
+            checks, ended, node_id = ray.get(worker.checks.remote(lease, seen))
+            seen += len(checks)
+            for step, accuracy in checks:
+                best = max(best, accuracy)  # fit keeps the best checkpoint: the trial is worth its best check so far
+                # CHECK: this check's own accuracy, for the curves table (METRIC: the best so far, for the scheduler)
+                tune.report({METRIC: best, CHECK: accuracy, "step": step, "trial_seed": seed, "node_id": node_id})
         result = ray.get(done)
     except WORKER_LOST:
-        worker_lost()  # e.g. killed for memory, or its node left: the trial fails (and is retried), the pool heals
+        # e.g. killed for memory, or its node left: the trial fails (and is retried), the lender starts another
+        lender.lost.remote(lease)
         raise
     if result.get("stopped"):
         return  # the search stopped this trial while it was still running: nothing more to report

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-import queue
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -24,18 +24,18 @@ from typing import Any
 
 import ray
 import torch
-from ray.exceptions import RayError
-from ray.util.queue import Empty, Queue
 
 from harness.config import FaultInjection, ModelConfig, Resources
 from harness.device import assigned_device, attention_for, hardware, prepare_device
 from harness.plugins import Attack, AttackContext, CellData
-from harness.resources import on_this_node
 from harness.tokenized import TokenizedSplit
 from harness.training import Features, resolve_precision
-from harness.trial import WORKER_LOST, derive_seed
+from harness.trial import derive_seed
 
 log = logging.getLogger(__name__)
+
+
+CHECKS_WAIT_S = 2.0  # longest a trial's proxy waits in one ask for news (`AttackWorker.checks`)
 
 
 class InjectedFault(RuntimeError):
@@ -93,11 +93,18 @@ class AttackWorker:
         self._trial: str | None = None  # the search trial training now
         self._steps = 0  # its training steps so far
         self._stopped: set[str] = set()  # search trials to stop at their next step
-        self._checks: dict[str, queue.SimpleQueue] = {}  # search trial -> its validation checks, then None
+        # A search trial's validation checks, by the lease it runs under (a retry of the trial has a new one), and
+        # the leases whose trials have ended; `_news` wakes the proxies waiting in `checks`.
+        self._checks: dict[int, list[tuple[int, float]]] = {}
+        self._ended: set[int] = set()
+        self._news = threading.Condition()
+        self._lease = 0  # the lease of the search trial training now
         self._ran: dict[str, int] = {}  # search trials ended here, not yet asked for by `trial_steps` -> their steps
+        self._begun = 0  # the newest lease (`harness.pool`) whose work this worker has begun
 
-    def run(self, holder: list, config: dict[str, Any], seed: int, score_test: bool) -> dict[str, Any]:
-
+    def run(self, holder: list, config: dict[str, Any], seed: int, score_test: bool, lease: int) -> dict[str, Any]:
+        """One attack run of a cell's payload; `lease`: the one this worker was lent under."""
+        self._begin(lease)
         started = time.perf_counter()
         fault = injected_fault(self._faults, seed)
         if fault is not None:
@@ -139,10 +146,11 @@ class AttackWorker:
             self._payloads[key] = ray.get(ref)
         return self._payloads[key]
 
-    def encode(self, model: ModelConfig, state: dict[str, torch.Tensor], splits: list[TokenizedSplit]
+    def encode(self, model: ModelConfig, state: dict[str, torch.Tensor], splits: list[TokenizedSplit], lease: int
                ) -> list[torch.Tensor]:
         """The defended encoder's frozen features of each split (float32, on the CPU), computed on this worker's
         device at the precision its trials run at."""
+        self._begin(lease)
         from harness.classifier import Classifier
         from harness.models import build_encoder
         from harness.training import encode
@@ -153,12 +161,14 @@ class AttackWorker:
         classifier.to(self._device)
         return [encode(classifier, split) for split in splits]
 
-    def trial(self, holder: list, config: dict[str, Any], seed: int, trial_id: str, pool_queue: Queue) -> dict:
-        """A search trial: `run` without test scoring, streaming its validation checks to `evaluations` and
-        stoppable by `stop`. The worker then rejoins `pool_queue` itself: the trial's proxy may be gone by then."""
-        self._trial, self._steps = trial_id, 0
+    def trial(self, holder: list, config: dict[str, Any], seed: int, trial_id: str, lender: Any, lease: int) -> dict:
+        """A search trial: `run` without test scoring, its validation checks told as they come (`checks`),
+        stoppable by `stop`. The worker then gives itself back to `lender` itself: the trial's proxy may be gone."""
+        with self._news:
+            self._checks[lease] = []
+        self._trial, self._lease, self._steps = trial_id, lease, 0
         try:
-            result = self.run(holder, config, seed, False)
+            result = self.run(holder, config, seed, False, lease)
             self._ran[trial_id] = result["steps_run"]
             return result
         except TrialStopped:
@@ -167,17 +177,35 @@ class AttackWorker:
         finally:
             self._trial = None
             self._stopped.discard(trial_id)
-            self._channel(trial_id).put(None)
-            pool_queue.put(ray.get_runtime_context().current_actor)
+            with self._news:
+                self._ended.add(lease)
+                self._news.notify_all()
+            lender.give_back.remote(lease)
+
+    def _begin(self, lease: int) -> None:
+        self._begun = max(self._begun, lease)
 
     @ray.method(concurrency_group="control")
-    def evaluations(self, trial_id: str):
-        """The trial's validation checks as (step, accuracy, node id), as they happen, until the trial ends."""
-        channel = self._channel(trial_id)
-        node_id = ray.get_runtime_context().get_node_id()
-        while (check := channel.get()) is not None:
-            yield (*check, node_id)
-        self._checks.pop(trial_id, None)
+    def begun(self) -> int:
+        """The newest lease whose work this worker has begun (the lender's check for a borrower that vanished)."""
+        return self._begun
+
+    @ray.method(concurrency_group="control")
+    def checks(self, lease: int, seen: int) -> tuple[list[tuple[int, float]], bool, str]:
+        """The (step, accuracy) validation checks of the lease's trial after the first `seen`, whether the trial
+        has ended, and this worker's node: once there is news, or after CHECKS_WAIT_S without.
+
+        Asked for again and again rather than streamed: a plain call to a worker whose node has left fails, where
+        consuming a Ray streaming generator from it can hang (ray-project/ray#62537, #47582)."""
+        with self._news:
+            self._news.wait_for(lambda: len(self._checks.get(lease, ())) > seen or lease in self._ended,
+                                timeout=CHECKS_WAIT_S)
+            new = self._checks.get(lease, [])[seen:]
+            ended = lease in self._ended
+            if ended:  # the proxy has every check now
+                self._checks.pop(lease, None)
+                self._ended.discard(lease)
+        return new, ended, ray.get_runtime_context().get_node_id()
 
     @ray.method(concurrency_group="control")
     def stop(self, trial_ids: list[str]) -> None:
@@ -194,12 +222,11 @@ class AttackWorker:
             time.sleep(0.02)
         return {t: self._ran.pop(t) for t in trial_ids if t in self._ran}
 
-    def _channel(self, trial_id: str) -> queue.SimpleQueue:
-        return self._checks.setdefault(trial_id, queue.SimpleQueue())
-
     def _on_eval(self, step: int, accuracy: float) -> None:
         if self._trial is not None:
-            self._channel(self._trial).put((step, accuracy))
+            with self._news:
+                self._checks[self._lease].append((step, accuracy))
+                self._news.notify_all()
 
     def _on_step(self, step: int, loss: float) -> None:
         self._steps = step
@@ -215,145 +242,3 @@ def _accuracy(attack: str, name: str, value: Any) -> float:
     if not (math.isfinite(number) and 0.0 <= number <= 1.0):
         raise InvalidOutcome(f"attack '{attack}' reported {name} {value!r}, not a number in [0, 1]")
     return number
-
-
-ENCODE_ATTEMPTS = 3  # workers a feature computation may lose (to crashes, or to nodes leaving) before the run stops
-SETTLE_WAIT_S = 60.0  # a worker that has not answered by then never started (no node had room): it ran nothing
-
-
-@ray.remote(num_cpus=0)
-class _Spawner:
-    """Creates the pool's workers, and so owns them: a Ray actor dies with its owner, and a worker that replaces a
-    dead one from inside a trial must outlive that trial's actor, though not the driver (which owns the spawner).
-
-    A replacement joins the queue only once it runs: after a node is lost, the nodes left may have no room for it
-    yet, and a worker handed out before it starts would hold its trial until there is."""
-
-    def __init__(self, options: dict[str, Any], args: tuple, pool_queue: Queue):
-        self._options, self._args, self._queue = options, args, pool_queue
-        self._workers: list[Any] = []  # held so they stay alive
-
-    def spawn(self) -> Any:
-        worker = self._create()
-        self._workers.append(worker)
-        return worker
-
-    async def replace(self) -> None:
-        worker = self._create()
-        try:
-            await worker.__ray_ready__.remote()
-        except RayError:
-            return  # it could not start after all: the pool is one worker smaller
-        # Known (to `stop` and `settle`) only once it runs: one still waiting for room would keep them waiting.
-        self._workers.append(worker)
-        await self._queue.put_async(worker)
-
-    def _create(self) -> Any:
-        # SPREAD: over the nodes with room for the worker's resources, which it reserves, so no node gets more
-        # workers than it holds and an autoscaler sees the demand of any that wait.
-        return AttackWorker.options(**self._options, scheduling_strategy="SPREAD").remote(*self._args)
-
-    def workers(self) -> list[Any]:
-        return list(self._workers)
-
-
-class WorkerPool:
-    """`size` workers with a trial's resources, and a queue that lends them to trials one at a time, whichever
-    cell's: the cells searched at once share the pool. A worker that died is replaced once a node has room."""
-
-    def __init__(self, size: int, resources: Resources, faults: FaultInjection | None = None, payload_slots: int = 1):
-        self.size = size
-        options = {"num_cpus": resources.cpu, "num_gpus": resources.gpu}
-        here = on_this_node()  # the pool's bookkeeping stays with the driver; its workers go where there is room
-        self.queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
-        self._spawner = _Spawner.options(scheduling_strategy=here).remote(options, (resources, faults, payload_slots),
-                                                                          self.queue)
-        for handle in ray.get([self._spawner.spawn.remote() for _ in range(size)]):
-            self.queue.put(handle)
-
-    def replace_lost(self) -> None:
-        """Have the spawner start a worker in place of one that died (returns at once)."""
-        self._spawner.replace.remote()
-
-    def loss_reporter(self):
-        """`replace_lost` for a trial's proxy, which must not import this module (nor torch) to call it."""
-        spawner = self._spawner
-        return lambda: spawner.replace.remote()
-
-    def encode(self, model: ModelConfig, state: Any, splits: list[TokenizedSplit]) -> list[torch.Tensor]:
-        """`AttackWorker.encode` on a free worker (`state`: the weights or their object reference); on another one
-        if that worker is lost on the way."""
-        for attempt in range(ENCODE_ATTEMPTS):
-            worker = self.queue.get()
-            try:
-                encoded = ray.get(worker.encode.remote(model, state, splits))
-            except WORKER_LOST:
-                self.replace_lost()
-                if attempt + 1 == ENCODE_ATTEMPTS:
-                    raise
-                continue
-            self.queue.put(worker)
-            return encoded
-        raise AssertionError("unreachable")
-
-    def run_all(
-        self, holder: list, jobs: list[tuple[dict[str, Any], int]], score_test: bool, attempts: int
-    ) -> list[dict[str, Any] | RayError]:
-        """Run (config, seed) jobs on the pool's free workers; a failing job is tried up to `attempts` times in all.
-
-        Returns each job's result, or the error of its last attempt. A worker that died is replaced. While some of
-        its jobs run, it takes only workers that are free now: others may be lent to other cells' trials, or lost.
-        """
-        outcomes: list[Any] = [None] * len(jobs)
-        tries = [0] * len(jobs)
-        waiting = list(range(len(jobs)))
-        running: dict[Any, tuple[int, Any]] = {}
-        while waiting or running:
-            while waiting:
-                try:
-                    worker = self.queue.get_nowait() if running else self.queue.get()
-                except Empty:
-                    break
-                i = waiting.pop(0)
-                tries[i] += 1
-                config, seed = jobs[i]
-                running[worker.run.remote(holder, config, seed, score_test)] = (i, worker)
-            [done], _ = ray.wait(list(running), num_returns=1)
-            i, worker = running.pop(done)
-            try:
-                outcomes[i] = ray.get(done)
-                self.queue.put(worker)
-            except WORKER_LOST as exc:
-                outcomes[i] = exc
-                self.replace_lost()
-            except RayError as exc:  # the attack raised: Ray wraps its exception
-                outcomes[i] = exc
-                self.queue.put(worker)
-            if isinstance(outcomes[i], RayError) and tries[i] < attempts:
-                waiting.append(i)
-        return outcomes
-
-    def stop(self, trial_ids: list[str]) -> None:
-        """Stop these search trials wherever they train, at their next step; returns at once."""
-        for worker in ray.get(self._spawner.workers.remote()):
-            worker.stop.remote(trial_ids)
-
-    def settle(self, trial_ids: list[str]) -> dict[str, int]:
-        """After a search: stop its trials still training, wait until they have, and return the training steps
-        each ran, by trial id (what a trial cut short really cost: its proxy never heard its end)."""
-        workers = ray.get(self._spawner.workers.remote())
-        for worker in workers:
-            worker.stop.remote(trial_ids)
-        answers = [worker.trial_steps.remote(trial_ids) for worker in workers]
-        ready, _ = ray.wait(answers, num_returns=len(answers), timeout=SETTLE_WAIT_S)
-        ran: dict[str, int] = {}
-        for answer in ready:
-            try:
-                ran.update(ray.get(answer))
-            except WORKER_LOST:
-                pass  # a dead worker trains nothing
-        return ran
-
-    def shutdown(self) -> None:
-        self.queue.shutdown(force=True)
-        ray.kill(self._spawner)  # its workers die with it

@@ -50,7 +50,7 @@ def test_a_run_on_a_two_node_cluster_uses_both_nodes(two_nodes: Cluster, tmp_pat
 def test_a_worker_node_lost_mid_run_leaves_every_cell_finished_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """The worker node leaves while one of its trials trains: that trial fails and is retried on the head, the pool
     goes on with the workers it has left, and every cell completes (or is marked failed), each trial written once."""
-    from tests.test_reliability import start, wait_for
+    from tests.test_reliability import start, stderr_of, wait_for
 
     spy = tmp_path / "spy"
     spy.mkdir()
@@ -78,9 +78,11 @@ def test_a_worker_node_lost_mid_run_leaves_every_cell_finished_once(tmp_path: Pa
         cluster.remove_node(worker_node)
         try:
             driver.wait(timeout=600)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the run did not end after the node left: {stderr_of(driver)[-3000:]}") from None
         finally:
             driver.kill()
-        stderr = driver.stderr.read()
+        stderr = stderr_of(driver)
         assert driver.returncode in (0, 1), stderr[-3000:]  # 1: a cell failed, which the run says
     finally:
         cluster.shutdown()

@@ -4,6 +4,8 @@ so."""
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import re
 import subprocess
@@ -14,7 +16,7 @@ import pytest
 from rich.progress import Progress
 from rich.table import Table
 
-from harness.console import StepBar, TrialsBar, make_console, print_wide
+from harness.console import TUNE_CONTROLLER_LOGGER, StepBar, TrialsBar, make_console, print_wide, quiet_libraries
 from tests.conftest import ROOT, SmokeRun
 
 ANSI = re.compile(r"\x1b\[")
@@ -168,3 +170,23 @@ def test_the_cli_logs_each_record_once():
     result = python(script)
     assert result.stderr.count("from the library") == 1
     assert result.stderr.count("from us") == 1 and "harness.runner: from us" in result.stderr
+
+
+def test_a_failed_trial_is_one_line_on_the_console():
+    """Tune logs a failed trial with its traceback; what reaches the console is the error's first line."""
+    quiet_libraries()
+    quiet_libraries()  # twice: still one filter
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logger = logging.getLogger(TUNE_CONTROLLER_LOGGER)
+    logger.addHandler(handler)
+    try:
+        try:
+            raise RuntimeError("\x1b[36mray::ImplicitFunc.train()\x1b[39m: the actor's node has died.\n\tpid: 7")
+        except RuntimeError as error:
+            logger.error("Trial task failed for trial %s", "proxy_trial_1", exc_info=error)
+    finally:
+        logger.removeHandler(handler)
+    assert stream.getvalue() == ("Trial task failed for trial proxy_trial_1: RuntimeError: ray::ImplicitFunc.train(): "
+                                 "the actor's node has died.\n")
+    assert len(logger.filters) == 1

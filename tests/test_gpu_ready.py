@@ -43,7 +43,7 @@ from harness.resources import check_requests, pool_size, running_cluster, task_o
 from harness.results import read_cells, read_trials
 from harness.runner import run_experiment
 from harness.training import fit
-from harness.workers import WorkerPool
+from harness.pool import WorkerPool
 from tests.conftest import ROOT, SMOKE, sdm_command
 from tests.test_attacks import TINY, cell, config, context
 from tests.test_precision import KEYS_BEFORE, SETTING, split
@@ -90,7 +90,7 @@ def device_in_ray(requested: float) -> tuple[str, list]:
 
 @pytest.fixture(scope="module")
 def fake_gpus():
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, logging_level="ERROR")
     yield
     ray.shutdown()
 
@@ -256,7 +256,7 @@ def test_workers_are_placed_by_capacity(gpu_worker_node) -> None:
         assert size == 4  # 2 GPUs / 0.5; the head has none
         pool = WorkerPool(size, cfg.search.resources_per_trial)
         try:
-            workers = [pool.queue.get() for _ in range(size)]
+            workers = [pool.borrow()[1] for _ in range(size)]
             # Every worker starts (none waits for room that is not there), all of them on the GPU node.
             where = ray.get([w.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id())
                              for w in workers], timeout=180)

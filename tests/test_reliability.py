@@ -6,11 +6,13 @@ The `sdm run` tests share one scenario of three real runs, shrunk with --set to 
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
 import signal
 import subprocess
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -37,8 +39,22 @@ def sdm(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.
 
 
 def start(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    return subprocess.Popen([*sdm_command(), *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, **(env or {})})
+    """A driver in the background. Its stderr goes to a file (read with `stderr_of`), not a pipe: a driver that
+    prints more than a pipe holds (Ray's reports of a lost node, say) would block on it until the test timed out."""
+    fd, path = tempfile.mkstemp(prefix="sdm-driver-", suffix=".stderr")
+    atexit.register(os.unlink, path)
+    try:
+        process = subprocess.Popen([*sdm_command(), *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=fd,
+                                   env={**os.environ, **(env or {})})
+    finally:
+        os.close(fd)
+    process.stderr_path = path
+    return process
+
+
+def stderr_of(process: subprocess.Popen) -> str:
+    """What a driver from `start` has written to stderr so far."""
+    return Path(process.stderr_path).read_text(errors="replace")
 
 
 def wait_for(condition: Callable[[], bool], process: subprocess.Popen, what: str, timeout: float = 400,
@@ -47,10 +63,10 @@ def wait_for(condition: Callable[[], bool], process: subprocess.Popen, what: str
     while not condition():
         if process.poll() is not None:
             raise AssertionError(f"the process ended (status {process.returncode}) before {what}: "
-                                 f"{process.stderr.read()[-3000:]}")
+                                 f"{stderr_of(process)[-3000:]}")
         if time.monotonic() > deadline:
             process.kill()
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out waiting for {what}: {stderr_of(process)[-3000:]}")
         time.sleep(poll)
 
 
@@ -308,7 +324,7 @@ def test_ctrl_c_during_a_search_stops_the_run_and_records_no_part_of_that_search
         code = driver.wait(timeout=120)
     finally:
         driver.kill()
-    stderr = driver.stderr.read()
+    stderr = stderr_of(driver)
     assert code == 130, stderr[-3000:]
     assert "Traceback" not in stderr and stderr.strip().splitlines()[-1].startswith("interrupted"), stderr[-3000:]
     assert first.exists() and not second.exists()
