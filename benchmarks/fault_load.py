@@ -4,7 +4,7 @@ instance; the driver runs in this process, which samples its own resident memory
 
 Checked and reported: every cell completes or is marked failed; no trial row is lost (each cell has as many search
 rows as it says it ran, and its reruns) or written twice; the driver's resident memory when the first hundred trials
-had ended and when the last hundred had, and the growth between them.
+had ended and when the last hundred had, and the growth between them; the cell searchers' (summed) at the same times.
 
     .venv/bin/python benchmarks/fault_load.py --seeds 42 --fraction 0.2
 """
@@ -27,18 +27,12 @@ sys.path.insert(0, str(ROOT))
 
 from rich.console import Console  # noqa: E402
 
+from benchmarks.processes import ray_actors, read  # noqa: E402
 from harness.configfile import load_config  # noqa: E402
 from harness.results import read_cells, read_trials  # noqa: E402
 from harness.runner import run_experiment  # noqa: E402
 
 SMOKE = ROOT / "configs" / "smoke.yaml"
-
-
-def resident_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
 
 
 def main() -> None:
@@ -56,13 +50,14 @@ def main() -> None:
         "search.num_samples=4", "search.plateau_patience=4", "search.reruns=2", "search.max_failures=1",
         f"search.fault_injection={json.dumps(faults)}", f"output={out}",
     ])
-    samples: list[tuple[float, int, float]] = []  # (time, cells written, resident MB)
+    samples: list[tuple[float, int, float, float]] = []  # (time, cells written, driver MB, cell searchers' MB)
     done = threading.Event()
 
     def sample() -> None:
         while not done.is_set():
             cells = len(list((out / "cells").glob("*.parquet"))) if (out / "cells").exists() else 0
-            samples.append((time.perf_counter(), cells, resident_mb()))
+            searchers = sum(p.rss_mb for p in ray_actors(("CellSearcher",)))
+            samples.append((time.perf_counter(), cells, read(os.getpid()).rss_mb, searchers))
             done.wait(1.0)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -83,16 +78,17 @@ def main() -> None:
         lost += abs(search - cell["n_trials"]) + (abs(reruns - 2) if cell["status"] == "ok" else 0)
     # Memory against trials ended: a cell's trials count once its rows are written.
     per_cell = len(trials) / max(1, len(cells))
-    first = next(mb for _, n, mb in samples if n * per_cell >= 100)
-    last = next(mb for _, n, mb in samples if n * per_cell >= len(trials) - 100)
+    first = next(s for s in samples if s[1] * per_cell >= 100)
+    last = next(s for s in samples if s[1] * per_cell >= len(trials) - 100)
     print(json.dumps({
         "cells": len(cells), "planned": len(summary.failed) + summary.cells_run,
         "ok": sum(c["status"] == "ok" for c in cells), "failed": sum(c["status"] == "failed" for c in cells),
         "trials": len(trials), "trial_errors": sum(t["status"] == "error" for t in trials),
         "rows_duplicated": sum(n - 1 for n in keys.values() if n > 1), "rows_lost": lost,
         "wall_s": round(wall), "trials_per_hour": round(len(trials) / wall * 3600),
-        "driver_rss_mb_first_100": round(first), "driver_rss_mb_last_100": round(last),
-        "driver_rss_growth_mb": round(last - first),
+        "driver_rss_mb_first_100": round(first[2]), "driver_rss_mb_last_100": round(last[2]),
+        "driver_rss_growth_mb": round(last[2] - first[2]),
+        "searchers_rss_mb_first_100": round(first[3]), "searchers_rss_mb_last_100": round(last[3]),
     }))
 
 

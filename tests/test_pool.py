@@ -10,7 +10,9 @@ import pytest
 import ray
 
 from harness.config import Resources
+from harness.models import build_encoder
 from harness.pool import WorkerPool
+from tests.test_attacks import TINY
 
 FORSAKEN_S = 1.0
 
@@ -64,8 +66,8 @@ def test_a_borrower_ended_while_it_waits_takes_no_worker(pool: WorkerPool):
 
 def test_a_worker_whose_lease_has_begun_is_kept_by_its_borrower(pool: WorkerPool):
     lease, worker = pool.borrow(timeout=120)
-    # What `AttackWorker.run` does first, as a long trial would: the lease's work has begun.
-    ray.get(worker.__ray_call__.remote(lambda self: self._begin(lease)))
+    # The lease's work has begun (and, here, ended, with the worker not yet given back: as for a long trial).
+    assert ray.get(worker.encode.remote(TINY, build_encoder(TINY).state_dict(), [], lease), timeout=120) == []
     time.sleep(FORSAKEN_S * 4)
     assert ray.get(pool.lender.try_borrow.remote()) is None  # still lent: nobody else gets it
     pool.give_back(lease)
