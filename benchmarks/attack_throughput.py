@@ -104,14 +104,15 @@ def experiment(opts: argparse.Namespace, grid: list[dict[str, Any]], out: Path) 
 
 # -- timing ------------------------------------------------------------------------------------------------------------
 class Clock:
-    """Start and end times of the first call to each wrapped function, relative to the clock's start."""
+    """Start and end times of the first call to each wrapped function, relative to the clock's start (`t0`, epoch
+    seconds: the cell searcher's clock, in another process, counts from the driver's start)."""
 
-    def __init__(self) -> None:
-        self.t0 = time.perf_counter()
+    def __init__(self, t0: float | None = None) -> None:
+        self.t0 = time.time() if t0 is None else t0
         self.calls: dict[str, tuple[float, float]] = {}
 
     def now(self) -> float:
-        return time.perf_counter() - self.t0
+        return time.time() - self.t0
 
     def wrap(self, owner: Any, name: str) -> None:
         original = getattr(owner, name)
@@ -137,8 +138,8 @@ SDM_PHASES = [
     ("engine imports, Ray start, run files", "start_ray<"),
     ("worker pool start", "__init__<"),
     ("defense weights (0 steps, cache miss)", "load_defended<"),
-    ("frozen features", "run_cell>"),
-    ("payload put, Tuner setup", "fit>"),
+    ("frozen features, payload put", "run_cell>"),  # the cell searcher starts meanwhile
+    ("Tuner setup", "fit>"),
     ("search: Tuner.fit", "fit<"),
     ("settle, selection", "run_all>"),
     ("rerun (not in the grid)", "run_all<"),
@@ -146,36 +147,60 @@ SDM_PHASES = [
 ]
 
 
+def warm_started_searcher(points: list[dict[str, Any]], t0: float, clock_file: Path) -> Any:
+    """`harness.flight.CellSearcher` with the one change to the engine: TPE proposes `points` first (Ray's own warm
+    start). The cell's search runs in this actor, so its phases are clocked here and written to `clock_file`.
+    Defined in the benchmark's `__main__`, so Ray ships this class to the actor by value."""
+    import ray
+
+    from harness.flight import CellSearcher
+
+    class WarmStartedSearcher(CellSearcher.__ray_actor_class__):
+        def search(self, *args: Any) -> tuple:
+            import ray.tune
+            from ray.tune.search.optuna import OptunaSearch
+
+            import harness.search
+            from harness.pool import WorkerPool
+
+            harness.search.OptunaSearch = functools.partial(OptunaSearch, points_to_evaluate=points)
+            clock = Clock(t0)
+            for owner, name in [(harness.search, "run_cell"), (ray.tune.Tuner, "fit"), (WorkerPool, "run_all")]:
+                clock.wrap(owner, name)
+            try:
+                return super().search(*args)
+            finally:
+                clock_file.write_text(json.dumps(clock.calls))
+
+    return ray.remote(num_cpus=0)(WarmStartedSearcher)
+
+
 def run_sdm(opts: argparse.Namespace, grid: list[dict[str, Any]], workdir: Path, clock: Clock) -> dict[str, Any]:
     os.environ["SDM_CACHE_DIR"] = str(workdir / "cache")  # a fresh cache: the defense weights are made once
-    import ray.tune
-    from ray.tune.search.optuna import OptunaSearch
-
     import harness.data.prepare
     import harness.defend
+    import harness.flight
     import harness.models
     import harness.runner
-    import harness.search
     from harness.config import ExperimentConfig
-    from harness.results import read_trials
     from harness.pool import WorkerPool
+    from harness.results import read_trials
 
     keys = searched(grid)
-    # The one change to the engine: TPE proposes the grid's configurations first (Ray's own warm start), so this
-    # side trains exactly the configurations the Trainer side trains.
-    harness.search.OptunaSearch = functools.partial(
-        OptunaSearch, points_to_evaluate=[{k: c[k] for k in keys} for c in grid]
-    )
+    # So this side trains exactly the configurations the Trainer side trains.
+    searcher_clock = workdir / "searcher-clock.json"
+    harness.flight.CellSearcher = warm_started_searcher([{k: c[k] for k in keys} for c in grid], clock.t0,
+                                                        searcher_clock)
     for owner, name in [(harness.data.prepare, "prepare_data"), (harness.runner, "start_ray"),
                         (harness.models, "base_fingerprint"), (WorkerPool, "__init__"),
-                        (harness.defend, "load_defended"), (harness.search, "run_cell"),
-                        (ray.tune.Tuner, "fit"), (WorkerPool, "run_all")]:
+                        (harness.defend, "load_defended")]:
         clock.wrap(owner, name)
     cfg = ExperimentConfig.model_validate(experiment(opts, grid, workdir / "run"))
     summary = harness.runner.run_experiment(cfg, origin="attack_throughput")
     end = clock.now()
     if summary.failed:
         raise RuntimeError(f"sdm run failed: {summary.failed}")
+    clock.calls.update({name: tuple(span) for name, span in json.loads(searcher_clock.read_text()).items()})
 
     marks = [0.0]
     for _, mark in SDM_PHASES:
@@ -199,7 +224,7 @@ def run_sdm(opts: argparse.Namespace, grid: list[dict[str, Any]], workdir: Path,
         "search_wall": phases["search: Tuner.fit"],
         "slots": opts.concurrent,
         # The driver encodes frozen features with every core while the workers wait: compute on every slot.
-        "extra_compute": opts.concurrent * phases["frozen features"],
+        "extra_compute": opts.concurrent * phases["frozen features, payload put"],
         "trials": trials,
         "phases": phases,
         "calls": clock.calls,

@@ -3,10 +3,10 @@
 instance; the driver runs in this process, which samples its own resident memory as the trials end.
 
 Checked and reported: every cell completes or is marked failed; no trial row is lost (each cell has as many search
-rows as it says it ran, and its reruns) or written twice; the driver's resident memory when the first hundred trials
-had ended and when the last hundred had, and the growth between them; the cell searchers' (summed) at the same times.
+rows as it says it ran, and its reruns) or written twice; the driver's resident memory when the first hundred search trials
+had started and when the last hundred did, and the growth between them; the cell searchers' (summed) at the same times.
 
-    .venv/bin/python benchmarks/fault_load.py --seeds 42 --fraction 0.2
+    .venv/bin/python benchmarks/fault_load.py --seeds 3 --trials 80 --reruns 4 --fraction 0.2
 """
 
 from __future__ import annotations
@@ -37,7 +37,10 @@ SMOKE = ROOT / "configs" / "smoke.yaml"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=42, help="2 tasks x 2 budgets x seeds cells, 6 trials each")
+    parser.add_argument("--seeds", type=int, default=3, help="cells: 2 tasks x 2 budgets x seeds")
+    parser.add_argument("--trials", type=int, default=80, help="search trials a cell (no plateau stop)")
+    parser.add_argument("--reruns", type=int, default=4, help="reruns a cell")
+    parser.add_argument("--per-cell", type=int, default=2, help="search.max_concurrent")
     parser.add_argument("--fraction", type=float, default=0.2)
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -47,17 +50,24 @@ def main() -> None:
     faults = {"fraction": args.fraction, "kind": ["exception", "nan", "crash"]}
     cfg = load_config(SMOKE, [
         "defenses=[{name: random-init}]", f"seeds={list(range(args.seeds))}", "defense_training.seeding=shared",
-        "search.num_samples=4", "search.plateau_patience=4", "search.reruns=2", "search.max_failures=1",
+        f"search.num_samples={args.trials}", f"search.plateau_patience={args.trials}",
+        f"search.reruns={args.reruns}", f"search.max_concurrent={args.per_cell}", "search.max_failures=1",
         f"search.fault_injection={json.dumps(faults)}", f"output={out}",
     ])
-    samples: list[tuple[float, int, float, float]] = []  # (time, cells written, driver MB, cell searchers' MB)
+    samples: list[tuple[float, int, float, float]] = []  # (time, trials started, driver MB, cell searchers' MB)
+    started_in: dict[str, int] = {}  # cell -> its search's trial folders (kept once the cell's search is discarded)
     done = threading.Event()
 
     def sample() -> None:
         while not done.is_set():
-            cells = len(list((out / "cells").glob("*.parquet"))) if (out / "cells").exists() else 0
+            for search in (out / "tune").glob("*/"):
+                try:
+                    trials = sum(entry.is_dir() for entry in search.iterdir())
+                except OSError:
+                    continue  # discarded meanwhile: its cell is recorded
+                started_in[search.name] = max(started_in.get(search.name, 0), trials)
             searchers = sum(p.rss_mb for p in ray_actors(("CellSearcher",)))
-            samples.append((time.perf_counter(), cells, read(os.getpid()).rss_mb, searchers))
+            samples.append((time.perf_counter(), sum(started_in.values()), read(os.getpid()).rss_mb, searchers))
             done.wait(1.0)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -75,11 +85,11 @@ def main() -> None:
     for cell in cells:
         search = sum(t["cell_id"] == cell["cell_id"] and t["phase"] == "search" for t in trials)
         reruns = sum(t["cell_id"] == cell["cell_id"] and t["phase"] == "rerun" for t in trials)
-        lost += abs(search - cell["n_trials"]) + (abs(reruns - 2) if cell["status"] == "ok" else 0)
-    # Memory against trials ended: a cell's trials count once its rows are written.
-    per_cell = len(trials) / max(1, len(cells))
-    first = next(s for s in samples if s[1] * per_cell >= 100)
-    last = next(s for s in samples if s[1] * per_cell >= len(trials) - 100)
+        lost += abs(search - cell["n_trials"]) + (abs(reruns - args.reruns) if cell["status"] == "ok" else 0)
+    # Memory against search trials started (Tune makes each one's folder as it starts it).
+    search_trials = sum(t["phase"] == "search" for t in trials)
+    first = next(s for s in samples if s[1] >= 100)
+    last = next(s for s in samples if s[1] >= search_trials - 100)
     print(json.dumps({
         "cells": len(cells), "planned": len(summary.failed) + summary.cells_run,
         "ok": sum(c["status"] == "ok" for c in cells), "failed": sum(c["status"] == "failed" for c in cells),

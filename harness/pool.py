@@ -49,6 +49,7 @@ class _Lender:
         self._leases = 0
         self._changed: asyncio.Condition | None = None  # made on the actor's event loop, at the first borrow
         self._reaper: asyncio.Task | None = None
+        self._replacing: set[asyncio.Task] = set()
 
     def _create(self) -> Any:
         # SPREAD: over the nodes with room for the worker's resources, which it reserves, so no node gets more
@@ -81,10 +82,13 @@ class _Lender:
             await self._release(lent[0])
 
     async def lost(self, lease: int) -> None:
-        """The lease's worker died (killed for memory, or its node left): start another in its place."""
+        """The lease's worker died (killed for memory, or its node left): start another in its place (returns at
+        once; the new worker is lent once it runs, which waits for a node with room)."""
         lent = self._lent.pop(lease, None)
         if lent is not None:
-            await self._replace(lent[0])
+            replacing = asyncio.get_running_loop().create_task(self._replace(lent[0]))
+            self._replacing.add(replacing)  # held until done: the event loop keeps only a weak reference
+            replacing.add_done_callback(self._replacing.discard)
 
     async def _release(self, worker: Any) -> None:
         changed = self._condition()

@@ -82,3 +82,14 @@ def test_a_lost_worker_is_replaced(pool: WorkerPool):
     assert replacement != worker
     assert ray.get(replacement.begun.remote(), timeout=60) == 0
     assert ray.get(pool.lender.workers.remote()) == [replacement]
+
+
+def test_a_worker_that_died_with_its_borrower_is_replaced(pool: WorkerPool):
+    """Nobody is left to report the loss: the lender finds it when it looks at the lease."""
+    borrower = Borrower.remote(pool.lender)
+    lease, worker = ray.get(borrower.borrow.remote(), timeout=120)
+    ray.kill(borrower)
+    ray.kill(worker)
+    _, replacement = pool.borrow(timeout=120)
+    assert replacement != worker
+    assert ray.get(pool.lender.workers.remote()) == [replacement]
