@@ -136,8 +136,7 @@ SDM_PHASES = [
     ("data: load, tokenize", "prepare_data<"),
     ("base model: load, fingerprint", "base_fingerprint<"),
     ("engine imports, Ray start, run files", "start_ray<"),
-    ("worker pool start", "__init__<"),
-    ("defense weights (0 steps, cache miss)", "load_defended<"),
+    ("defense training (0 steps, a Ray task), worker pool start", "__init__<"),
     ("frozen features, payload put", "run_cell>"),  # the cell searcher starts meanwhile
     ("Tuner setup", "fit>"),
     ("search: Tuner.fit", "fit<"),
@@ -178,7 +177,6 @@ def warm_started_searcher(points: list[dict[str, Any]], t0: float, clock_file: P
 def run_sdm(opts: argparse.Namespace, grid: list[dict[str, Any]], workdir: Path, clock: Clock) -> dict[str, Any]:
     os.environ["SDM_CACHE_DIR"] = str(workdir / "cache")  # a fresh cache: the defense weights are made once
     import harness.data.prepare
-    import harness.defend
     import harness.flight
     import harness.models
     import harness.runner
@@ -192,8 +190,7 @@ def run_sdm(opts: argparse.Namespace, grid: list[dict[str, Any]], workdir: Path,
     harness.flight.CellSearcher = warm_started_searcher([{k: c[k] for k in keys} for c in grid], clock.t0,
                                                         searcher_clock)
     for owner, name in [(harness.data.prepare, "prepare_data"), (harness.runner, "start_ray"),
-                        (harness.models, "base_fingerprint"), (WorkerPool, "__init__"),
-                        (harness.defend, "load_defended")]:
+                        (harness.models, "base_fingerprint"), (WorkerPool, "__init__")]:
         clock.wrap(owner, name)
     cfg = ExperimentConfig.model_validate(experiment(opts, grid, workdir / "run"))
     summary = harness.runner.run_experiment(cfg, origin="attack_throughput")
