@@ -42,8 +42,6 @@ PLAIN_WIDTH = 160  # columns of a console that is not a terminal
 # Tune logs a failed trial with its whole traceback (a worker lost with its node: three screens). The trials table
 # keeps the error; the console gets one line.
 TUNE_CONTROLLER_LOGGER = "ray.tune.execution.tune_controller"
-
-
 ANSI_CODE = re.compile(r"\x1b\[[0-9;]*m")
 
 

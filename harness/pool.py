@@ -139,7 +139,7 @@ class _Lender:
         return self._changed
 
     def workers(self) -> list[Any]:
-        return [worker for worker in self._workers]
+        return list(self._workers)
 
 
 class WorkerPool:
