@@ -1,6 +1,6 @@
 """From trained defenses to their cells' search jobs, and from a searched cell back to its rows.
 
-A defense's weights, frozen features and provenance are loaded once, when its first cell is drawn (`cell_jobs`), and
+A defense's weights, frozen features and provenance are loaded once, when its first cell is drawn (`CellJobs`), and
 let go of once its last cell is; each cell's payload (weights, budget rows, features, attack) goes into the object
 store once. A searched cell's trials, curves and row are written together (`record_cell`).
 """
@@ -8,7 +8,6 @@ store once. A searched cell's trials, curves and row are written together (`reco
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,33 +34,70 @@ class Defended:
 
 
 
-def cell_jobs(cfg, todo, trained, prepared, attacks, stamp, pool) -> Iterator[CellJob]:
-    """Each unfinished cell, ready to search, defense by defense: a defense's weights and features are loaded when
-    its first cell is drawn, and let go of (here and in the object store) once its last one is."""
-    import ray
+class CellJobs:
+    """Each unfinished cell of `todo`, ready to search, drawn as its defense's training ends (`harness.trainings`):
+    a defense's weights and features are loaded when its first cell is drawn, and let go of (here and in the object
+    store) once its last one is. `take` never waits: the cells in flight go on while the other trainings run."""
 
-    from harness.flight import CellJob
-    from harness.plugins import CellData, desired_rows
-    from harness.workers import CellPayload
+    def __init__(self, cfg, todo, trainings, prepared, attacks, stamp, pool):
+        self._cfg, self._todo, self._trainings = cfg, list(todo), trainings
+        self._prepared, self._attacks, self._stamp, self._pool = prepared, attacks, stamp, pool
+        self._cells: list[Cell] = []  # the current defense's cells not yet drawn
+        self._defended: Defended | None = None
 
-    seed_for = cfg.defense_training.seed_for
-    for defense_name, defense_seed in list(trained):
-        defended = _defended(cfg, defense_name, defense_seed, trained.pop((defense_name, defense_seed)), prepared,
-                             attacks, stamp, pool)
-        for cell in [c for c in todo if c.defense == defense_name and seed_for(c.seed) == defense_seed]:
-            rows = prepared.budget_rows[(cell.task, cell.seed)][cell.budget]
-            attack = attacks[cell.attack]
-            data = CellData(prepared.attack_pool.subset(rows), prepared.val, prepared.test, cell.task,
-                            cfg.data.labels[cell.task])
-            if attack.needs_benign() and cell.task_role == "harmful":
-                # The attacker's own desired-task rows: its pool (never the defense's), all of it, desired labels.
-                desired = cfg.tasks.desired
-                data = dataclasses.replace(data, benign=desired_rows(prepared.attack_pool, desired),
-                                           benign_label=desired, benign_num_labels=cfg.data.labels[desired])
-            features = defended.features(cell, rows) if attack.needs_features() else None
-            payload = CellPayload(cfg.model, defended.state, data, features, attack, cfg.search.eval_every,
-                                  cfg.search.resources_per_trial.cpu)
-            yield CellJob(cell, [ray.put(payload)], attack, defended)
+    @property
+    def exhausted(self) -> bool:
+        return not self._cells and self._trainings.all_ended and not self._trainings.ended_waiting
+
+    def wait(self, timeout: float) -> None:
+        """Until another training may have ended, at most `timeout` seconds."""
+        self._trainings.poll(timeout)
+
+    def take(self) -> CellJob | None:
+        """The next cell ready to search, or None if none is yet (or any more: see `exhausted`)."""
+        if not self._cells:
+            self._trainings.poll()
+            if self._next_defense() is None:
+                return None
+        return self._job(self._cells.pop(0))
+
+    def _next_defense(self) -> Defended | None:
+        """The current defense while it has cells left, else the next one whose training has ended."""
+        while not self._cells:
+            self._defended = None  # its last cell is drawn: let its weights go before the next one's load
+            ended = self._trainings.take_ended()
+            if ended is None:
+                return None
+            (defense_name, defense_seed), trained = ended
+            seed_for = self._cfg.defense_training.seed_for
+            self._cells = [c for c in self._todo if c.defense == defense_name and seed_for(c.seed) == defense_seed]
+            if self._cells:
+                self._defended = _defended(self._cfg, defense_name, defense_seed, trained, self._prepared,
+                                           self._attacks, self._stamp, self._pool)
+        return self._defended
+
+    def _job(self, cell: Cell) -> CellJob:
+        import ray
+
+        from harness.flight import CellJob
+        from harness.plugins import CellData, desired_rows
+        from harness.workers import CellPayload
+
+        cfg, prepared, defended = self._cfg, self._prepared, self._defended
+        assert defended is not None
+        rows = prepared.budget_rows[(cell.task, cell.seed)][cell.budget]
+        attack = self._attacks[cell.attack]
+        data = CellData(prepared.attack_pool.subset(rows), prepared.val, prepared.test, cell.task,
+                        cfg.data.labels[cell.task])
+        if attack.needs_benign() and cell.task_role == "harmful":
+            # The attacker's own desired-task rows: its pool (never the defense's), all of it, desired labels.
+            desired = cfg.tasks.desired
+            data = dataclasses.replace(data, benign=desired_rows(prepared.attack_pool, desired),
+                                       benign_label=desired, benign_num_labels=cfg.data.labels[desired])
+        features = defended.features(cell, rows) if attack.needs_features() else None
+        payload = CellPayload(cfg.model, defended.state, data, features, attack, cfg.search.eval_every,
+                              cfg.search.resources_per_trial.cpu)
+        return CellJob(cell, [ray.put(payload)], attack, defended)
 
 
 def _defended(cfg, defense_name, defense_seed, trained, prepared, attacks, stamp, pool) -> Defended:

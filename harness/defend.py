@@ -207,5 +207,8 @@ def defense_task(
 ) -> tuple[DefendedWeights, dict[str, torch.Tensor]]:
     """`train_defense` as a Ray task runs it (`harness.resources.task_options`, two returns): what the cache holds,
     and the weights themselves, read back on the task's own node."""
+    begin = getattr(progress, "begin", None)  # `harness.progress.BoardReporter`'s
+    if begin is not None:
+        begin()  # it holds its resources now: the run's trial workers may take what is left (`harness.trainings`)
     weights = train_defense(cfg, spec, train, data_fingerprint, seed, progress)
     return weights, load_defended(weights)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import ray
 from ray.exceptions import RayActorError
@@ -82,8 +82,19 @@ def _new_searcher() -> Any:
     return CellSearcher.options(scheduling_strategy=on_this_node()).remote(tune_environment())
 
 
+class JobSource(Protocol):
+    """Where `search_cells` draws its cells from (`harness.cells.CellJobs`): `take` never waits."""
+
+    @property
+    def exhausted(self) -> bool: ...
+
+    def take(self) -> CellJob | None: ...
+
+    def wait(self, timeout: float) -> None: ...
+
+
 def search_cells(
-    jobs: Iterator[CellJob],
+    jobs: JobSource,
     at_once: int,
     *,
     cfg: Any,
@@ -96,7 +107,7 @@ def search_cells(
     on_result: Callable[[CellJob, tuple], None],
 ) -> None:
     """Search every job's cell, `at_once` at a time, in the order `jobs` gives them (a job is drawn only when a
-    searcher is free, so its payload is built just in time). `on_trials(cell, n)`: n of its trials have ended;
+    searcher is free, so its payload is built just in time; while none is ready, the cells in flight go on). `on_trials(cell, n)`: n of its trials have ended;
     `on_result(job, outcome)`: what `run_cell` returned, on the driver, as each cell ends."""
     def _submit(searcher: Any, job: CellJob, resume_search: bool) -> Any:
         # The job's context stays on the driver: only what the search needs travels.
@@ -106,22 +117,23 @@ def search_cells(
     free = list(searchers)
     flying: dict[Any, tuple[CellJob, Any, int]] = {}  # search ref -> (job, its searcher, restarts so far)
     by_id: dict[str, Cell] = {}
-    remaining = iter(jobs)
-    drawn_all = False
     try:
         while True:
-            while free and not drawn_all:
-                job = next(remaining, None)
+            while free:
+                job = jobs.take()
                 if job is None:
-                    drawn_all = True
                     break
                 searcher = free.pop()
                 by_id[job.cell.cell_id] = job.cell
                 on_start(job.cell)
                 flying[_submit(searcher, job, resume)] = (job, searcher, 0)
             if not flying:
-                return
+                if jobs.exhausted:
+                    return
+                jobs.wait(POLL_S)  # nothing in flight: the next cells wait on their defense's training
+                continue
             ready, _ = ray.wait(list(flying), num_returns=1, timeout=POLL_S)
+            jobs.wait(0)  # the trainings still running move their bars, and say when they end
             for cell_id, (count, _) in ray.get(board.take_all.remote()).items():
                 if cell_id in by_id:
                     on_trials(by_id[cell_id], count)

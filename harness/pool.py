@@ -43,13 +43,26 @@ class _Lender:
     def __init__(self, options: dict[str, Any], args: tuple, size: int, forsaken_s: float):
         self._options, self._args = options, args
         self._forsaken_s, self._reap_every_s = forsaken_s, min(REAP_EVERY_S, forsaken_s / 2)
-        self._workers: list[Any] = [self._create() for _ in range(size)]  # every worker that runs or may yet
-        self._free: deque[Any] = deque(self._workers)
+        self._starting = [self._create() for _ in range(size)]  # joined by `start`, each once it runs
+        self._workers: list[Any] = []  # the workers that run: lent, and told to stop or settle
+        self._free: deque[Any] = deque()
         self._lent: dict[int, tuple[Any, float]] = {}  # lease -> (worker, when lent)
         self._leases = 0
         self._changed: asyncio.Condition | None = None  # made on the actor's event loop, at the first borrow
         self._reaper: asyncio.Task | None = None
-        self._replacing: set[asyncio.Task] = set()
+        self._joining: set[asyncio.Task] = set()  # workers waiting to run, first or in a lost one's place
+
+    async def start(self) -> None:
+        """Lend each first worker once it runs (returns at once). Until then a node's room may still be held by
+        defense trainings (`harness.trainings`), and a worker lent before it runs would hold its trial meanwhile."""
+        starting, self._starting = self._starting, []
+        for worker in starting:
+            self._spawn(self._join(worker))
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._joining.add(task)  # held until done: the event loop keeps only a weak reference
+        task.add_done_callback(self._joining.discard)
 
     def _create(self) -> Any:
         # SPREAD: over the nodes with room for the worker's resources, which it reserves, so no node gets more
@@ -86,9 +99,10 @@ class _Lender:
         once; the new worker is lent once it runs, which waits for a node with room)."""
         lent = self._lent.pop(lease, None)
         if lent is not None:
-            replacing = asyncio.get_running_loop().create_task(self._replace(lent[0]))
-            self._replacing.add(replacing)  # held until done: the event loop keeps only a weak reference
-            replacing.add_done_callback(self._replacing.discard)
+            dead = lent[0]
+            if dead in self._workers:
+                self._workers.remove(dead)
+            self._spawn(self._join(self._create()))
 
     async def _release(self, worker: Any) -> None:
         changed = self._condition()
@@ -96,16 +110,13 @@ class _Lender:
             self._free.append(worker)
             changed.notify()
 
-    async def _replace(self, dead: Any) -> None:
-        if dead in self._workers:
-            self._workers.remove(dead)
-        worker = self._create()
+    async def _join(self, worker: Any) -> None:
         try:
             await worker.__ray_ready__.remote()
         except RayError:
             return  # it could not start after all: the pool is one worker smaller
-        # Lent (and known to `stop` and `settle`) only once it runs: after a node is lost, the nodes left may have
-        # no room for it yet, and a worker lent before it starts would hold its trial until there is.
+        # Lent (and known to `stop` and `settle`) only once it runs: the nodes may have no room for it yet (held by
+        # trainings, or lost with a node), and a worker lent before it starts would hold its trial until there is.
         self._workers.append(worker)
         await self._release(worker)
 
@@ -153,6 +164,7 @@ class WorkerPool:
         # The pool's bookkeeping stays with the driver; its workers go where there is room.
         self.lender = _Lender.options(scheduling_strategy=on_this_node()).remote(
             options, (resources, faults, payload_slots), size, forsaken_s)
+        ray.get(self.lender.start.remote())
 
     def borrow(self, timeout: float | None = None) -> tuple[int, Any]:
         """A free worker and its lease (`give_back` or `lost` ends it); waits up to `timeout` seconds for one."""

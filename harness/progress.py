@@ -8,7 +8,6 @@ bar (`harness.console.StepBar`).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 import ray
@@ -23,9 +22,17 @@ class ProgressBoard:
 
     def __init__(self) -> None:
         self.latest: dict[str, tuple[int, dict[str, float]]] = {}
+        self.begun: set[str] = set()
 
     def report(self, key: str, step: int, metrics: dict[str, float]) -> None:
         self.latest[key] = (step, metrics)
+
+    def begin(self, key: str) -> None:
+        self.begun.add(key)
+
+    def begun_keys(self) -> set[str]:
+        """The keys whose tasks have begun (`BoardReporter.begin`), whether or not they have reported a step."""
+        return set(self.begun)
 
     def take_all(self) -> dict[str, tuple[int, dict[str, float]]]:
         latest, self.latest = self.latest, {}
@@ -41,29 +48,12 @@ class BoardReporter:
         self.key = key
         self.last = float("-inf")
 
+    def begin(self) -> None:
+        """Tell the board this task has begun: it holds its resources now."""
+        self.board.begin.remote(self.key)
+
     def __call__(self, step: int, metrics: dict[str, float]) -> None:
         now = time.monotonic()
         if now - self.last >= REPORT_INTERVAL_S:
             self.last = now
             self.board.report.remote(self.key, step, {k: float(v) for k, v in metrics.items()})
-
-
-def gather_reporting(
-    refs: dict[str, Any],
-    board: Any,
-    on_report: dict[str, Callable[[int, dict[str, float]], None]],
-    on_done: Callable[[str, Any], None],
-) -> dict[str, Any]:
-    """`ray.get` of every task in `refs` (by key), in whatever order they finish: while they run, each task's reports
-    under its key go to `on_report[key]`, and each result goes to `on_done(key, result)` as it comes."""
-    pending = {ref: key for key, ref in refs.items()}
-    results: dict[str, Any] = {}
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=POLL_S)
-        for key, report in ray.get(board.take_all.remote()).items():
-            on_report[key](*report)
-        for ref in ready:
-            key = pending.pop(ref)
-            results[key] = ray.get(ref)
-            on_done(key, results[key])
-    return results

@@ -22,7 +22,6 @@ from harness.plan import plan_cells, validate_plugins
 
 if TYPE_CHECKING:
     from harness.data.prepare import PreparedData
-    from harness.defend import DefendedWeights
     from harness.results import Provenance
     from harness.pool import WorkerPool
 
@@ -169,12 +168,13 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
     import ray
 
     from harness.console import TrialsBar, make_progress
-    from harness.cells import cell_jobs, record_cell
+    from harness.cells import CellJobs, record_cell
     from harness.flight import search_cells
     from harness.progress import ProgressBoard
     from harness.resources import on_this_node
     from harness.results import write_run_tables
     from harness.search import tune_dir
+    from harness.trainings import Trainings
 
     start_ray(cfg, address)  # first: it may still refuse the config, and nothing is written yet
     _open_run_dir(cfg, run_dir)
@@ -183,7 +183,7 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
     todo = plan.todo
     summary = RunSummary(run_dir, 0, len(plan.cells) - len(todo), [], 0.0, pools=prepared.pools)
     seed_for = cfg.defense_training.seed_for
-    pool = None
+    pool = trainings = None
     board = ProgressBoard.options(scheduling_strategy=on_this_node()).remote()
     try:
         with make_progress(console) as progress:
@@ -191,10 +191,12 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
             # At most trials_per_cell a cell; a plateau stop uses fewer, and the bar's end moves in to match.
             trials = TrialsBar(progress, len(todo) * plan.trials_per_cell)
             # Per-seed defenses: each cell seed attacks a defense trained with that seed (`seeding: shared`: seed 0).
-            # All are trained (or found) before the trial workers start: the workers hold their resources for the
-            # whole run, and a training waiting for a GPU they hold would wait forever.
-            trained = _train_all(cfg, list(dict.fromkeys((c.defense, seed_for(c.seed)) for c in todo)), prepared,
-                                 progress, board)
+            # The trial workers start once every training has begun: they hold their resources for the whole run,
+            # and a training still waiting for a GPU they held would wait forever. A defense's cells start as soon
+            # as its training ends.
+            trainings = Trainings(cfg, list(dict.fromkeys((c.defense, seed_for(c.seed)) for c in todo)), prepared,
+                                  progress)
+            trainings.wait_until_all_begun()
             pool, at_once = _start_pool(cfg, len(todo))
 
             def record(job, outcome) -> None:
@@ -205,13 +207,15 @@ def _execute(cfg, plan, prepared, attacks, run_dir, address, resume, console, st
                     summary.failed.append(job.cell.cell_id)
                 progress.advance(cells_bar)
 
-            jobs = cell_jobs(cfg, todo, trained, prepared, attacks, stamp, pool)
+            jobs = CellJobs(cfg, todo, trainings, prepared, attacks, stamp, pool)
             search_cells(jobs, at_once, cfg=cfg, pool=pool, storage=storage, resume=resume, board=board,
                          on_start=lambda cell: trials.start(cell.cell_id),
                          on_trials=lambda cell, n: trials.advance(cell.cell_id, n), on_result=record)
     finally:
         if pool is not None:
             pool.shutdown()
+        if trainings is not None:
+            trainings.close()
         ray.kill(board)
     summary.tables = write_run_tables(run_dir)
     summary.seconds = time.perf_counter() - started
@@ -250,48 +254,6 @@ def run_provenance(cfg: ExperimentConfig, prepared: PreparedData) -> Provenance:
         data_id=prepared.corpus_source,
         data_fingerprint=prepared.fingerprint,
     )
-
-
-@dataclass(frozen=True)
-class Trained:
-    """A defense training's outcome on the driver: what the cache holds, and the weights in Ray's object store."""
-
-    weights: DefendedWeights
-    state: Any  # ObjectRef of the state dict, from the training's node
-
-
-def _train_all(cfg, keys, prepared, progress, board) -> dict[tuple[str, int], Trained]:
-    """Train (or find in the cache) every (defense, seed) in `keys`, all submitted at once as Ray tasks with the
-    config's resources: each starts as soon as a node has room, so a cluster trains them side by side. Their steps
-    move bars on the driver's display; each is reported on one line as it ends."""
-    import ray
-
-    from harness.console import StepBar
-    from harness.defend import defense_task, make_defense
-    from harness.progress import BoardReporter, gather_reporting
-    from harness.resources import task_options
-
-    task = ray.remote(num_returns=2, **task_options(cfg.defense_training.resources))(defense_task)
-    names = {f"{name}/{seed}": (name, seed) for name, seed in keys}
-    train_split = ray.put(prepared.defense_train)  # once in the object store, not once per training submitted
-    weights_refs: dict[str, Any] = {}
-    state_refs: dict[str, Any] = {}
-    bars: dict[str, StepBar] = {}
-    for key, (defense_name, defense_seed) in names.items():
-        spec = next(d for d in cfg.defenses if d.cell_name == defense_name)
-        bars[key] = StepBar(progress, f"defense {defense_name} (seed {defense_seed})",
-                            make_defense(spec, "config").total_steps())
-        weights_refs[key], state_refs[key] = task.remote(cfg, spec, train_split, prepared.fingerprint,
-                                                         defense_seed, BoardReporter(board, key))
-
-    def report(key: str, weights: DefendedWeights) -> None:
-        bars[key].finish()
-        defense_name, defense_seed = names[key]
-        how = "cached" if weights.cached else f"trained in {weights.train_seconds:.0f}s"
-        progress.console.print(f"defense {defense_name} (seed {defense_seed}): {how} ({weights.path})")
-
-    weights = gather_reporting(weights_refs, board, bars, report)
-    return {names[key]: Trained(weights[key], state_refs[key]) for key in names}
 
 
 def _start_pool(cfg: ExperimentConfig, cells: int) -> tuple[WorkerPool, int]:

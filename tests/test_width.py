@@ -31,12 +31,20 @@ class Sleepy(Defense):
     """The base encoder, after a pause long enough that two trainings run one after another cannot overlap: each
     writes when it ran, so the test can see whether they ran at once."""
 
+    seconds = TRAIN_SECONDS
+
     def train(self, ctx: DefenseContext) -> dict[str, torch.Tensor]:
         started = time.time()
-        time.sleep(TRAIN_SECONDS)
+        time.sleep(self.seconds)
         record = {"seed": ctx.seed, "start": started, "end": time.time(), "pid": os.getpid()}
         (Path(os.environ[SPY_DIR]) / f"seed-{ctx.seed}.json").write_text(json.dumps(record))
         return ctx.base_encoder().state_dict()
+
+
+class Slow(Sleepy):
+    """`Sleepy`, long enough for another defense's cells to be searched while it trains, on a busy machine too."""
+
+    seconds = 30.0
 
 
 class SpyFinetune(Finetune):
@@ -88,6 +96,25 @@ def test_defense_trainings_run_side_by_side_when_there_is_room(local_ray: Path, 
     assert max(r["start"] for r in runs) < min(r["end"] for r in runs), runs  # their times overlap
     cells = read_cells(tmp_path / "run").to_pylist()
     assert sorted((c["seed"], c["defense_seed"], c["status"]) for c in cells) == [(0, 0, "ok"), (1, 1, "ok")]
+
+
+def test_a_defense_s_cells_are_searched_while_another_defense_still_trains(local_ray: Path, tmp_path: Path) -> None:
+    # Two CPUs: both trainings begin at once; random-init's ends at once and frees a CPU for a trial worker.
+    cfg = load_config(SMOKE, [
+        "defenses=[{name: random-init}, {name: 'tests.test_width:Slow'}]", "budgets=[30]", "tasks.attacked=[harmful]",
+        f"attacks=[{json.dumps(SPY_ATTACK)}]", "search.num_samples=2", "search.reruns=1",
+        "defense_training.resources={cpu: 1}", f"output={tmp_path / 'run'}",
+    ])
+    summary = run_experiment(cfg, origin="smoke.yaml", console=Console(file=io.StringIO()))
+    assert summary.failed == []
+    slow = json.loads((local_ray / "seed-0.json").read_text())
+    trials = [json.loads(p.read_text()) for p in local_ray.glob("trial-*.json")]
+    assert len(trials) == 2 * (2 + 1)  # both cells searched in full
+    # random-init's cell ran before the slow training ended (its own cell cannot start before then).
+    assert min(t["start"] for t in trials) < slow["end"], (slow, trials)
+    assert sum(t["start"] > slow["end"] for t in trials) >= 3  # the slow defense's cell: after its training
+    cells = read_cells(tmp_path / "run").to_pylist()
+    assert len({c["defense"] for c in cells}) == 2 and all(c["status"] == "ok" for c in cells), cells
 
 
 def test_cells_are_searched_at_once_with_the_results_of_one_cell_at_a_time(local_ray: Path, tmp_path: Path) -> None:
