@@ -133,9 +133,10 @@ def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def train_defense(
     cfg: ExperimentConfig, spec: DefenseSpec, train: TokenizedSplit, data_fingerprint: str, seed: int,
-    progress: Callable[[int, dict[str, float]], None] | None = None,
+    progress: Callable[[int, dict[str, float]], None] | None = None, cache: Path | None = None,
 ) -> DefendedWeights:
-    """Find the defended weights in this process's cache (`cache_root`) or train them now, in this process.
+    """Find the defended weights in the cache (`cache`, by default this process's `cache_root`) or train them now,
+    in this process.
 
     `progress`: called with (step, running metrics) as the training goes, to move the caller's progress display (a
     Ray task draws no bar of its own: `harness.progress`).
@@ -144,7 +145,7 @@ def train_defense(
     device = training_device(cfg)
     prepare_device(device, resources.gpu)
     key = defense_key(cfg, spec, data_fingerprint, seed, device)
-    root = cache_root(cfg) / "defenses"
+    root = (cache_root(cfg) if cache is None else cache) / "defenses"
     final = root / f"{spec.name}-{key}"
     root.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root / f".{spec.name}-{key}.lock")):

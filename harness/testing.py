@@ -38,10 +38,8 @@ few training steps take seconds); pass `config=` to use another one.
 
 from __future__ import annotations
 
-import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -133,11 +131,9 @@ def check_training(
     train, fingerprint = _training_data(cfg)
     with tempfile.TemporaryDirectory(prefix="sdm-conformance-") as tmp:
         first_cache, second_cache = Path(tmp) / "first", Path(tmp) / "second"
-        with _cache_at(first_cache):
-            first = train_defense(cfg, spec, train, fingerprint, seed)
+        first = train_defense(cfg, spec, train, fingerprint, seed, cache=first_cache)
         state = _check_weights(name, first.path, cfg)
-        with _cache_at(second_cache):
-            second = train_defense(cfg, spec, train, fingerprint, seed)
+        second = train_defense(cfg, spec, train, fingerprint, seed, cache=second_cache)
         if second.fingerprint != first.fingerprint:
             differ = _differing(load_file(str(first.path)), load_file(str(second.path)))
             raise ConformanceError(
@@ -145,8 +141,7 @@ def check_training(
                 f"({', '.join(differ[:3])}{', ...' if len(differ) > 3 else ''}); draw all randomness from "
                 "generators seeded by ctx.seed"
             )
-        with _cache_at(first_cache):
-            again = train_defense(cfg, spec, train, fingerprint, seed)
+        again = train_defense(cfg, spec, train, fingerprint, seed, cache=first_cache)
         if not again.cached or again.fingerprint != first.fingerprint:
             raise ConformanceError(
                 f"defense '{name}' was trained again instead of being found in the cache: its cache key must depend "
@@ -339,17 +334,3 @@ def _training_data(cfg: ExperimentConfig) -> tuple[Any, str]:
     """The config's tokenised defense-training pool and data fingerprint."""
     prepared = prepared_for(cfg)
     return prepared.defense_train, prepared.fingerprint
-
-
-@contextmanager
-def _cache_at(folder: Path) -> Iterator[None]:
-    """Point the defense cache (SDM_CACHE_DIR, which `harness.defend.cache_root` reads first) at `folder`."""
-    previous = os.environ.get("SDM_CACHE_DIR")
-    os.environ["SDM_CACHE_DIR"] = str(folder)
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ["SDM_CACHE_DIR"]
-        else:
-            os.environ["SDM_CACHE_DIR"] = previous
