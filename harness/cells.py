@@ -44,6 +44,7 @@ class CellJobs:
         self._prepared, self._attacks, self._stamp, self._pool = prepared, attacks, stamp, pool
         self._cells: list[Cell] = []  # the current defense's cells not yet drawn
         self._defended: Defended | None = None
+        self._workers_seen = False
 
     @property
     def exhausted(self) -> bool:
@@ -55,6 +56,13 @@ class CellJobs:
 
     def take(self) -> CellJob | None:
         """The next cell ready to search, or None if none is yet (or any more: see `exhausted`)."""
+        if not self._workers_seen:
+            # Not before a worker runs: a cell's features are computed on one, and the driver would wait for it
+            # instead of following the trainings still running.
+            self._trainings.poll()
+            self._workers_seen = self._pool.any_running()
+            if not self._workers_seen:
+                return None
         if not self._cells:
             self._trainings.poll()
             if self._next_defense() is None:

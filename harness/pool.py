@@ -173,6 +173,10 @@ class WorkerPool:
     def give_back(self, lease: int) -> None:
         self.lender.give_back.remote(lease)
 
+    def any_running(self) -> bool:
+        """Some worker runs now (the first ones may still wait for room that defense trainings hold)."""
+        return bool(ray.get(self.lender.workers.remote()))
+
     def lost(self, lease: int) -> None:
         """The lease's worker died: have the lender start another in its place (returns at once)."""
         self.lender.lost.remote(lease)

@@ -9,6 +9,7 @@ searched as soon as its own training ends, while the others' go on (`harness.cel
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -74,6 +75,8 @@ class Trainings:
         seconds for one to end."""
         if self._pending:
             ray.wait(list(self._pending), num_returns=1, timeout=timeout)
+        else:
+            time.sleep(timeout)  # nothing left to end: the caller waits on something else (a worker's start)
         for key, report in ray.get(self._board.take_all.remote()).items():
             self._bars[key](*report)
         self._begun |= ray.get(self._board.begun_keys.remote())
