@@ -107,8 +107,9 @@ def search_cells(
     on_result: Callable[[CellJob, tuple], None],
 ) -> None:
     """Search every job's cell, `at_once` at a time, in the order `jobs` gives them (a job is drawn only when a
-    searcher is free, so its payload is built just in time; while none is ready, the cells in flight go on). `on_trials(cell, n)`: n of its trials have ended;
-    `on_result(job, outcome)`: what `run_cell` returned, on the driver, as each cell ends."""
+    searcher is free, so its payload is built just in time; while none is ready, the cells in flight go on).
+    `on_trials(cell, n)`: n of its trials have ended; `on_result(job, outcome)`: what `run_cell` returned, on the
+    driver, as each cell ends."""
     def _submit(searcher: Any, job: CellJob, resume_search: bool) -> Any:
         # The job's context stays on the driver: only what the search needs travels.
         return searcher.search.remote(cfg, job.cell, job.holder, job.attack, pool, storage, resume_search, board)
