@@ -6,8 +6,9 @@ records new ones (and raises the defense's `training_revision`, so cached weight
 The values are float32 CPU results with one thread, and a CPU's vector width changes how its kernels round: they
 are recorded per `torch.backends.cpu.get_cpu_capability()`. The AVX512 ones come from the code before the
 restructuring; the AVX2 ones were recorded on an AVX2-only CPU by the defenses' code of commit 02b4ddb (unchanged
-since), which CI had checked against every AVX512 value, so both guard later changes. On a CPU of another capability the test is skipped, saying so. The
-trainings run with `precision: fp32` explicitly: `auto` picks bf16 on a CPU with AVX512-BF16 or AMX.
+since), which CI had checked against every AVX512 value, so both guard later changes. On a CPU of another
+capability the test is skipped, saying so. The trainings run with `precision: fp32` explicitly: `auto` picks bf16
+on a CPU with AVX512-BF16 or AMX.
 """
 
 from __future__ import annotations
