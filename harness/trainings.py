@@ -73,15 +73,15 @@ class Trainings:
     def poll(self, timeout: float = 0.0) -> None:
         """Move the bars, note the trainings that began, and collect those that ended, waiting at most `timeout`
         seconds for one to end."""
-        if self._pending:
-            ray.wait(list(self._pending), num_returns=1, timeout=timeout)
-        else:
-            time.sleep(timeout)  # nothing left to end: the caller waits on something else (a worker's start)
+        if not self._pending:
+            # Nothing left to end, and nothing asked of the board: the search loop calls this at every turn.
+            time.sleep(timeout)  # the caller waits on something else (a worker's start)
+            return
+        ray.wait(list(self._pending), num_returns=1, timeout=timeout)
         for key, report in ray.get(self._board.take_all.remote()).items():
             self._bars[key](*report)
-        self._begun |= ray.get(self._board.begun_keys.remote())
-        if not self._pending:
-            return
+        if not self.all_begun:
+            self._begun |= ray.get(self._board.begun_keys.remote())
         ended, _ = ray.wait(list(self._pending), num_returns=len(self._pending), timeout=0)
         for ref in ended:
             key, state = self._pending.pop(ref)
