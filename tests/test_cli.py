@@ -15,7 +15,7 @@ USAGE_ERRORS = {
     "unknown option": (["run", str(SMOKE), "--outt", "x"], "No such option: --outt"),
     "missing config": (["run"], "Missing argument 'CONFIG'"),
     "unknown command": (["runn"], "No such command 'runn'"),
-    "bad option value": (["leaderboard", str(ROOT / "results" / "reproduce"), "--threshold", "abc"],
+    "bad option value": (["leaderboard", str(ROOT / "results" / "reproduce-protocol1"), "--threshold", "abc"],
                          "Invalid value for '--threshold'"),
     "extra argument": (["plugins", "extra"], "unexpected extra argument"),
     "unknown subcommand": (["data", "inspectt", str(SMOKE)], "No such command 'inspectt'"),
@@ -59,7 +59,7 @@ def test_plugins_json_is_one_document_listing_every_plugin() -> None:
 
 
 def test_compare_json_is_one_document_of_the_groups(tmp_path) -> None:
-    cells = ROOT / "results" / "reproduce" / "cells.parquet"
+    cells = ROOT / "results" / "reproduce-protocol1" / "cells.parquet"
     out = tmp_path / "comparison.md"
     result = sdm("compare", str(cells), str(cells), "--json", "--out", str(out))
     assert result.returncode == 0, result.stderr

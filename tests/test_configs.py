@@ -72,8 +72,8 @@ def test_paper_config_dry_run_plans_the_full_protocol(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("config, cells_file", [
-    ("reproduce-short-attack.yaml", "reproduce/cells.parquet"),
-    ("reproduce-peers-short-attack.yaml", "reproduce/cells-peers.parquet"),
+    ("reproduce-short-attack.yaml", "reproduce-protocol1/cells.parquet"),
+    ("reproduce-peers-short-attack.yaml", "reproduce-protocol1/cells-peers.parquet"),
     ("reproduce-mlac-mixed.yaml", "reproduce-diagnostics/cells-mlac-mixed.parquet"),
     ("reproduce-strong-finetune.yaml", "reproduce-diagnostics/cells-strong-finetune.parquet"),
     ("reproduce-mlac-k16.yaml", "reproduce-diagnostics/cells-mlac-k16.parquet"),

@@ -4,6 +4,7 @@ by a real smoke run, and the leaderboard's compute cost and curves read from the
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -105,6 +106,19 @@ def test_leaderboard_compute_cost_comes_from_the_curves(curve_run: Path, tmp_pat
         assert mine == [(int(x), pytest.approx(m)) for x, m in curve]
     markdown = files.markdown.read_text()
     assert f"compute cost to {threshold:.2f} @ 60" in markdown and "Compute cost: attacker steps" in markdown
+
+
+def test_a_published_cells_file_brings_the_curves_file_beside_it(curve_run: Path, tmp_path: Path):
+    # results/<board>/ publishes a run as cells.parquet with curves.parquet beside it (cells-peers: curves-peers)
+    published = tmp_path / "published"
+    published.mkdir()
+    shutil.copyfile(curve_run / "cells.parquet", published / "cells-smoke.parquet")
+    from_run = pq.read_table(build_leaderboard([curve_run], tmp_path / "from-run").curves)
+    without = pq.read_table(build_leaderboard([published / "cells-smoke.parquet"], tmp_path / "without").curves)
+    assert from_run.num_rows > 0 and without.num_rows == 0
+    shutil.copyfile(curve_run / "curves.parquet", published / "curves-smoke.parquet")
+    beside = pq.read_table(build_leaderboard([published / "cells-smoke.parquet"], tmp_path / "beside").curves)
+    assert beside.to_pylist() == from_run.to_pylist()
 
 
 # -- on constructed curves ------------------------------------------------------------------------------------------

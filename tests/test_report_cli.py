@@ -1,4 +1,4 @@
-"""`sdm report` on the published reproduction (results/reproduce: two cells files): the figures as PNG, SVG and PDF,
+"""`sdm report` on the published reproduction (results/reproduce-protocol1: two cells files): the figures as PNG, SVG and PDF,
 the summary as a booktabs table and a figure environment per figure; bad input is one line, exit 2, nothing
 written."""
 
@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 
 from tests.conftest import ROOT, sdm_command
 
-PUBLISHED = [ROOT / "results" / "reproduce" / "cells.parquet", ROOT / "results" / "reproduce" / "cells-peers.parquet"]
+PUBLISHED = [ROOT / "results" / "reproduce-protocol1" / "cells.parquet",
+             ROOT / "results" / "reproduce-protocol1" / "cells-peers.parquet"]
 MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "svg": b"<?xml", "pdf": b"%PDF-"}
 
 

@@ -8,6 +8,8 @@ diagnostics came: every earlier column and value is unchanged; the leaderboard t
 Regenerated again when the HTML page became sortable, with a drill-down (issue 22): the leaderboard, comparisons,
 Markdown and terminal copies are unchanged; the summary gained `harmful_majority_accuracy` and
 `desired_majority_accuracy`, null here (these published folders hold no run.json to read the test pools from).
+The protocol-1 board moved to results/reproduce-protocol1/ unchanged when the republication (issue 21) took
+results/reproduce/; that board's golden copies were written from its own cells and the curves published beside them.
 Checked: the leaderboard, summary and comparisons Parquet tables (schema, metadata and values), the Markdown, the
 HTML with its embedded plots cut out (PNG bytes depend on matplotlib and its fonts), and the terminal table as rich
 prints it at a fixed width.
@@ -27,6 +29,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from harness.leaderboard import build_leaderboard, render_terminal
+from harness.report.merge import published_curves
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "golden"
@@ -34,7 +37,8 @@ REGEN = os.environ.get("SDM_REGEN_GOLDEN") == "1"
 
 # board -> (run name, cells file) in the order the published leaderboard lists its runs
 BOARDS = {
-    "reproduce": [("reproduce", "reproduce/cells.parquet"), ("reproduce-peers", "reproduce/cells-peers.parquet")],
+    "reproduce-protocol1": [("reproduce", "reproduce-protocol1/cells.parquet"),
+                            ("reproduce-peers", "reproduce-protocol1/cells-peers.parquet")],
     "reproduce-diagnostics": [
         (f"reproduce-{name}", f"reproduce-diagnostics/cells-{stem or name}.parquet")
         for name, stem in (("5e5", "reproduce-5e5"), ("peers-5e5", None), ("mlac-mixed", None), ("mlac-k16", None),
@@ -70,6 +74,9 @@ def test_published_boards_rebuild_to_their_golden_copies(tmp_path: Path, board: 
     for name, cells in BOARDS[board]:  # a run folder per published cells file, as `sdm leaderboard` reads them
         (tmp_path / name / "cells").mkdir(parents=True)
         shutil.copyfile(ROOT / "results" / cells, tmp_path / name / "cells" / "cells.parquet")
+        curves = published_curves(ROOT / "results" / cells)
+        if curves.is_file():  # published beside the cells since curves exist
+            shutil.copyfile(curves, tmp_path / name / "curves.parquet")
         runs.append(tmp_path / name)
     files = build_leaderboard(runs, tmp_path / "board")
     golden = GOLDEN / board

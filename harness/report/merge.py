@@ -146,16 +146,26 @@ def run_name(run: Path) -> str:
     return f"{run.parent.name}/{run.name}" if run.is_file() else run.name
 
 
+def published_curves(cells_file: Path) -> Path:
+    """Where a published cells file's curves lie: beside it, named alike (cells-peers.parquet: curves-peers.parquet)."""
+    return cells_file.with_name(cells_file.name.replace("cells", "curves", 1))
+
+
 def merge_curves(run_dirs: list[Path], cells: pa.Table) -> pa.Table:
     """The curves of all runs (CURVE_SCHEMA) for the merged cells: a run's per-cell curve files, or its run-level
-    curves.parquet when it has only that (a published folder); empty for runs written before curves existed."""
+    curves.parquet when it has only that, or for a published cells file the curves file beside it; empty for runs
+    written before curves existed."""
     import pyarrow.compute as pc
 
     tables = []
     for run in map(Path, run_dirs):
-        curves = read_curves(run)
-        if curves.num_rows == 0 and (run / "curves.parquet").is_file():
-            curves = conform(pq.read_table(run / "curves.parquet"), CURVE_SCHEMA)
+        if run.is_file():
+            beside = published_curves(run)
+            curves = conform(pq.read_table(beside), CURVE_SCHEMA) if beside.is_file() else CURVE_SCHEMA.empty_table()
+        else:
+            curves = read_curves(run)
+            if curves.num_rows == 0 and (run / "curves.parquet").is_file():
+                curves = conform(pq.read_table(run / "curves.parquet"), CURVE_SCHEMA)
         tables.append(curves)
     merged = pa.concat_tables(tables) if tables else CURVE_SCHEMA.empty_table()
     # Only the curves of cells the board holds: a cell failed since, or a cell another run owns, is not theirs.
