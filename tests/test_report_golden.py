@@ -37,6 +37,7 @@ REGEN = os.environ.get("SDM_REGEN_GOLDEN") == "1"
 
 # board -> (run name, cells file) in the order the published leaderboard lists its runs
 BOARDS = {
+    "reproduce": [("reproduce", "reproduce/cells.parquet")],
     "reproduce-protocol1": [("reproduce", "reproduce-protocol1/cells.parquet"),
                             ("reproduce-peers", "reproduce-protocol1/cells-peers.parquet")],
     "reproduce-diagnostics": [
