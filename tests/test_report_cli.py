@@ -1,5 +1,5 @@
-"""`sdm report` on the published reproduction (results/reproduce-protocol1: two cells files): the figures as PNG, SVG and PDF,
-the summary as a booktabs table and a figure environment per figure; bad input is one line, exit 2, nothing
+"""`sdm report` on the protocol-1 reproduction (results/reproduce-protocol1: two cells files): the figures as PNG, SVG
+and PDF, the summary as a booktabs table and a figure environment per figure; bad input is one line, exit 2, nothing
 written."""
 
 from __future__ import annotations
