@@ -56,7 +56,7 @@ def test_unknown_keys_in_a_child_are_still_refused(tmp_path: Path) -> None:
 
 def test_shipped_diagnostics_extend_the_reproduction() -> None:
     """They list only what differs (the reproduction's blocks are not copied into each)."""
-    bases = ("extends: reproduce.yaml", "extends: reproduce-short-attack.yaml")
+    bases = ("extends: reproduce.yaml", "extends: reproduce-400.yaml", "extends: reproduce-short-attack.yaml")
     for path in sorted((ROOT / "configs").glob("reproduce-*.yaml")):
         if path.name == "reproduce-short-attack.yaml":
             continue  # the former reproduction: a base itself

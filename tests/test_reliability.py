@@ -175,10 +175,12 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> dict:
     got["finished_before_kill"] = {p.parent.name for p in (out / "tune" / retried).glob("*/result.json")
                                    if text(p).strip()}
     # Ray's two agents first try to report the raylet's death to the (dead) GCS and give up after about a minute, and
-    # so does a worker process that has not finished starting (`setup_worker.py`: it runs nothing yet and holds no
-    # model); everything else (GCS, raylet, the workers holding memory) goes at once. All of them are gone by the
-    # end of the scenario (`test_a_killed_driver_leaves_no_ray_processes`).
-    core = [p for p, cmd in got["ray_processes"].items() if "Agent" not in cmd and "setup_worker.py" not in cmd]
+    # so does a worker process that has not finished starting (`setup_worker.py`, or `default_worker.py` before it
+    # registers and takes its `ray::` title: it runs nothing yet and holds no model); everything else (GCS, raylet,
+    # the workers holding memory) goes at once. All of them are gone by the end of the scenario
+    # (`test_a_killed_driver_leaves_no_ray_processes`).
+    starting = ("Agent", "setup_worker.py", "default_worker.py")
+    core = [p for p, cmd in got["ray_processes"].items() if not any(mark in cmd for mark in starting)]
     deadline = time.monotonic() + 15
     while alive(core) and time.monotonic() < deadline:
         time.sleep(0.5)
