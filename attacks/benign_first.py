@@ -52,6 +52,9 @@ class BenignFirst(FineTuning):
     def needs_benign(self) -> bool:
         return True
 
+    def phase_steps(self) -> tuple[str, ...]:
+        return ("benign_steps",)
+
     def adaptation(self, config: dict[str, Any]) -> dict[str, Any]:
         examples = config["benign_examples"]
         if isinstance(examples, bool) or not isinstance(examples, int) or examples < 1:

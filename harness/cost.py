@@ -1,13 +1,16 @@
 """What a run's attack searches will cost, before anything runs: trial-steps per cell (from the search space's step
-range, ASHA where configured) and hours on this machine from a measured cost per step.
+range, ASHA where configured), validation checks, frozen features, and hours on this machine from measured costs.
 
 A trial-step is one optimizer step of one attack trial. A cell runs at most `num_samples` search trials (the plateau
 stop may end it sooner) and `reruns` reruns of the selected configuration, so the count is an upper bound on the
 trials and an expectation over the steps each one draws. A trial that trains a linear head on cached frozen features
 (the `probe` attack, `finetune` in probe mode) costs milliseconds a step: its steps are counted, not priced. Every
 other trial's steps are priced as full fine-tuning steps, an upper bound for the ones that adapt less (a top-k or LoRA
-trial still runs the whole encoder forward). Defense training is counted in its own steps and not priced: its step costs
-differ by defense by orders of magnitude (docs/benchmarks.md).
+trial still runs the whole encoder forward). Besides its steps, an encoder trial pays a forward pass over the
+validation rows at every check (a rerun also over the test rows, as it records the test curve), and every step an
+attack runs before the steps ASHA counts (`Attack.phase_steps`: benign-first's benign phase). A defended model's
+frozen features are encoded once (validation, test, and each task's largest budget sample). Defense training is
+counted in its own steps and not priced: its step costs differ by defense by orders of magnitude (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import itertools
 import math
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from harness.config import ExperimentConfig
 from harness.plan import Plan
@@ -28,22 +31,34 @@ QUANTILES = 201  # points of a steps distribution the expectations are taken ove
 
 @dataclass(frozen=True)
 class StepCost:
-    """A measured cost of one full fine-tuning step, and what it was measured on."""
+    """Measured costs of the embedded encoder at one precision, for rows of `tokens` tokens, and what they were
+    measured on. A full fine-tuning step of `rows` rows costs `step_fixed + step_per_row * rows` seconds: the fixed
+    part is the optimizer's update of every weight and the batch's overhead, which a linear scaling in rows leaves out
+    (a batch of 8 costs more than half a batch of 16). A forward pass without gradients (a validation check, frozen
+    features) costs `forward_per_row` a row."""
 
-    seconds: float
-    rows: int
+    step_fixed: float
+    step_per_row: float
+    forward_per_row: float
     tokens: int  # per row
     measured: str  # the model, threads and precision
-    source: str  # where the figure comes from
+    source: str  # where the figures come from
+
+    def step_seconds(self, rows: float, tokens: float) -> float:
+        return self.step_fixed + self.step_per_row * rows * tokens / self.tokens
+
+    def forward_seconds(self, rows: float, tokens: float) -> float:
+        return self.forward_per_row * rows * tokens / self.tokens
 
 
-# Full fine-tuning step of the embedded MiniLM-L6 (6 layers, hidden 384, 22.7M parameters), fused AdamW, 16 rows x 64
-# tokens, 1 thread, on an idle 2-core AMD EPYC (avx512_bf16/amx_bf16, torch 2.13.0+cpu): benchmarks/precision.py part
-# (a), the median of the steps after the first. Recorded, with a re-measurement under load, in docs/benchmarks.md.
-SOURCE = "docs/benchmarks.md, Mixed precision: benchmarks/precision.py on an idle 2-core AMD EPYC"
+# The embedded MiniLM-L6 (6 layers, hidden 384, 22.7M parameters), fused AdamW, 64 tokens a row, 1 thread, on an idle
+# 2-core AMD EPYC (avx512_bf16, torch 2.13.0+cpu), measured 2026-12-02: a full fine-tuning step of batch 8 took
+# 0.31 s bf16 and 0.60 s fp32, of batch 16 0.56 s and 1.10 s (two points give the fixed part and the part per row);
+# a validation check of 300 rows took 3.3 s and 6.1 s. Checked against whole runs in docs/benchmarks.md.
+SOURCE = "docs/reproduce.md, A paper-strength attacker: measured 2026-12-02 on an idle 2-core AMD EPYC"
 MEASURED = {
-    "bf16": StepCost(0.27, 16, 64, "MiniLM-L6 full fine-tuning, 16 x 64 tokens, bf16, 1 thread", SOURCE),
-    "fp32": StepCost(0.59, 16, 64, "MiniLM-L6 full fine-tuning, 16 x 64 tokens, fp32, 1 thread", SOURCE),
+    "bf16": StepCost(0.06, 0.03125, 0.011, 64, "MiniLM-L6, 64 tokens a row, bf16, 1 thread", SOURCE),
+    "fp32": StepCost(0.10, 0.0625, 0.0203, 64, "MiniLM-L6, 64 tokens a row, fp32, 1 thread", SOURCE),
 }
 
 
@@ -54,11 +69,17 @@ class AttackCost:
     attack: str
     cells: int
     trials: int  # at most
-    trial_steps: float  # expected, at most `trials` trials
+    trial_steps: float  # expected, at most `trials` trials, phase steps included
     mean_steps: float  # a trial's expected steps, before ASHA
     search_steps: float  # a search trial's expected steps, ASHA included
-    tokens_per_step: float  # expected rows x max_length
+    phases: tuple[str, ...]  # the dimensions of `Attack.phase_steps`
+    phase_steps: float  # a trial's expected steps of those dimensions (before the ones ASHA counts), in every trial
+    rows_per_step: float  # expected batch rows
+    tokens_per_row: int
     encoder_share: float  # the share of its trials that run the encoder (the rest train a head on cached features)
+    checked_rows: float  # rows the encoder trials' validation checks (and the reruns' test scoring) run forward over
+    step_seconds: float  # one encoder step at `rows_per_step` rows, as measured
+    seconds: float  # its encoder trials' steps and checks, on one worker
 
     @property
     def priced_steps(self) -> float:
@@ -70,9 +91,11 @@ class CostEstimate:
     attacks: list[AttackCost]
     trial_steps: float
     priced_steps: float  # the full-encoder steps of the hours
-    hours: float | None  # None: no step is priced
+    checked_rows: float  # the encoder trials' checks, in rows run forward
+    feature_rows: float  # the rows encoded once per defended model for the attacks on cached features
+    hours: float | None  # None: nothing is priced
     step: StepCost
-    step_seconds: float  # the measured cost scaled to the config's tokens per step (the attacks' mean)
+    step_seconds: float  # an encoder step's mean cost over the priced steps
     parallel: int  # trials at once on this machine
     cores: int
     defense_steps: int  # the trainings still to run, in their own steps, not in `hours`
@@ -99,17 +122,24 @@ def steps_quantiles(dim: Dim | None) -> list[float]:
     raise ValueError("no integer 'steps' dimension")
 
 
-def asha_steps(steps: float, grace: int, factor: float, max_t: int) -> float:
-    """A search trial's expected steps under ASHA when it would run `steps`: it runs to the first rung (`grace`), and
-    on past each rung with probability 1 / `factor` (ASHA keeps the top 1 / `factor` of the trials there)."""
+def asha_outcomes(steps: float, grace: int, factor: float, max_t: int) -> list[tuple[float, float]]:
+    """The (steps run, probability) a search trial ends with under ASHA when it would run `steps`: it runs to the
+    first rung (`grace`), and on past each rung with probability 1 / `factor` (ASHA keeps the top 1 / `factor` of the
+    trials there)."""
     rungs = [0.0]
     while grace * factor ** (len(rungs) - 1) < max_t:
         rungs.append(grace * factor ** (len(rungs) - 1))
-    expected = 0.0
-    for k, start in enumerate(rungs):
-        end = rungs[k + 1] if k + 1 < len(rungs) else math.inf
-        expected += max(0.0, min(steps, end) - start) / factor ** k
-    return expected
+    outcomes = []
+    for k in range(1, len(rungs)):
+        if steps <= rungs[k]:
+            break
+        outcomes.append((rungs[k], (1 - 1 / factor) / factor ** (k - 1)))  # stopped at rung k
+    return [*outcomes, (steps, 1 / factor ** len(outcomes))]
+
+
+def asha_steps(steps: float, grace: int, factor: float, max_t: int) -> float:
+    """A search trial's expected steps under ASHA when it would run `steps` (`asha_outcomes`)."""
+    return sum(run * p for run, p in asha_outcomes(steps, grace, factor, max_t))
 
 
 def encoder_share(attack: Attack) -> float:
@@ -130,24 +160,61 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
-def attack_cost(cfg: ExperimentConfig, attack: Attack, cells: int) -> AttackCost:
+def checks_in(steps: float, eval_every: int) -> float:
+    """Validation checks of a trial that runs `steps` steps: one every `eval_every` and one at its last step (without
+    `eval_every`, the last step's only)."""
+    return float(math.ceil(steps / eval_every)) if eval_every else 1.0
+
+
+def attack_cost(cfg: ExperimentConfig, attack: Attack, cells: int, step: StepCost) -> AttackCost:
     from harness.plan import max_steps
 
     search = cfg.search
     draws = steps_quantiles(attack.space.get("steps"))
     mean_steps = _mean(draws)
+    # Each draw's outcomes as (steps run, probability): a search trial's may end at an ASHA rung, a rerun's may not.
+    rerun_outcomes = [[(s, 1.0)] for s in draws]
     if search.asha is not None:
         top = max_steps(attack)
-        search_steps = _mean([asha_steps(s, search.asha.grace_period, search.asha.reduction_factor, top)
-                              for s in draws])
+        search_outcomes = [asha_outcomes(s, search.asha.grace_period, search.asha.reduction_factor, top)
+                           for s in draws]
     else:
-        search_steps = mean_steps
+        search_outcomes = rerun_outcomes
+
+    def expected(outcomes: list[list[tuple[float, float]]], value: Callable[[float], float]) -> float:
+        return _mean([sum(value(run) * p for run, p in draw) for draw in outcomes])
+
+    search_steps = expected(search_outcomes, float)
+    phase_steps = sum(_mean(steps_quantiles(attack.space.get(name))) for name in attack.phase_steps())
     batch = attack.space.get("batch_size")
-    rows = _mean([float(v) for v in batch.values]) if isinstance(batch, Choice) else (
-        float(batch.value) if isinstance(batch, Fixed) else float(MEASURED["fp32"].rows))
-    per_cell = search.num_samples * search_steps + search.reruns * mean_steps
+    # A space without an integer batch size (a plugin's own) is priced at the benchmarks' batch of 16.
+    rows = _mean(steps_quantiles(batch)) if isinstance(batch, (Choice, Fixed, IntRange)) else 16.0
+    per_cell = search.num_samples * (search_steps + phase_steps) + search.reruns * (mean_steps + phase_steps)
+    # A search trial scores the validation rows at every check; a rerun scores the test rows there too, and once more
+    # at the end with the weights it selected.
+    validation, test = cfg.data.validation_size, cfg.data.test_size
+    search_checks = expected(search_outcomes, lambda run: checks_in(run, search.eval_every))
+    rerun_checks = expected(rerun_outcomes, lambda run: checks_in(run, search.eval_every))
+    rows_per_cell = (search.num_samples * search_checks * validation
+                     + search.reruns * (rerun_checks * (validation + test) + test))
+    share = encoder_share(attack)
+    tokens = cfg.model.max_length
+    seconds = cells * share * (per_cell * step.step_seconds(rows, tokens) + step.forward_seconds(rows_per_cell, tokens))
     return AttackCost(attack.name, cells, cells * (search.num_samples + search.reruns), cells * per_cell,
-                      mean_steps, search_steps, rows * cfg.model.max_length, encoder_share(attack))
+                      mean_steps, search_steps, attack.phase_steps(), phase_steps, rows, tokens, share, cells * share * rows_per_cell,
+                      step.step_seconds(rows, tokens), seconds)
+
+
+def feature_rows(cfg: ExperimentConfig, plan: Plan, attacks: dict[str, Attack]) -> float:
+    """Rows encoded for the attacks on cached features: per defended model, the validation and test rows once, and
+    each attacked task's largest budget sample (`harness.cells`' feature cache)."""
+    roles: dict[tuple[str, int], set[str]] = {}
+    for cell in plan.todo:
+        if attacks[cell.attack].needs_features():
+            roles.setdefault((cell.defense, cell.seed), set()).add(cell.task_role)
+    held_out = cfg.data.validation_size + cfg.data.test_size
+    return float(sum(held_out + sum(max(cfg.budgets_for(role)) for role in model_roles)
+                     for model_roles in roles.values()))
 
 
 def estimate_cost(cfg: ExperimentConfig, plan: Plan, attacks: dict[str, Attack], precision: str,
@@ -158,13 +225,13 @@ def estimate_cost(cfg: ExperimentConfig, plan: Plan, attacks: dict[str, Attack],
     from harness.resources import cells_at_once, per_node, workers_wanted
 
     cores = cores or os.cpu_count() or 1
-    costs = [attack_cost(cfg, attacks[name], sum(c.attack == name for c in plan.todo)) for name in attacks]
-    costs = [c for c in costs if c.cells]
     step = MEASURED[precision]
+    costs = [attack_cost(cfg, attacks[name], sum(c.attack == name for c in plan.todo), step) for name in attacks]
+    costs = [c for c in costs if c.cells]
     priced_steps = sum(c.priced_steps for c in costs)
-    tokens = (sum(c.priced_steps * c.tokens_per_step for c in costs) / priced_steps) if priced_steps else 0.0
-    # Linear in tokens per step: the measured step is a forward, backward and update of one batch.
-    step_seconds = step.seconds * tokens / (step.rows * step.tokens) if tokens else 0.0
+    step_seconds = sum(c.priced_steps * c.step_seconds for c in costs) / priced_steps if priced_steps else 0.0
+    features = feature_rows(cfg, plan, attacks)
+    seconds = sum(c.seconds for c in costs) + step.forward_seconds(features, cfg.model.max_length)
     per_trial = max(1.0, cfg.search.resources_per_trial.cpu)
     parallel = max(1, min(workers_wanted(cfg, len(plan.todo)), int(cores // per_trial)))
     cells_in_flight = cells_at_once(cfg.cluster.cells_at_once, parallel, cfg.search.max_concurrent, len(plan.todo))
@@ -179,6 +246,7 @@ def estimate_cost(cfg: ExperimentConfig, plan: Plan, attacks: dict[str, Attack],
                      "costs more or less per token")
     if cfg.search.resources_per_trial.gpu or cfg.defense_training.resources.gpu:
         notes.append("the config asks for GPUs: this is the cost on this machine's CPUs, not on the cluster's GPUs")
-    hours = priced_steps * step_seconds / parallel / 3600 if priced_steps else None
-    return CostEstimate(costs, sum(c.trial_steps for c in costs), priced_steps, hours, step, step_seconds,
-                        parallel, cores, defense_steps, len(trainings), trainings_at_once, cells_in_flight, notes)
+    hours = seconds / parallel / 3600 if seconds else None
+    return CostEstimate(costs, sum(c.trial_steps for c in costs), priced_steps, sum(c.checked_rows for c in costs),
+                        features, hours, step, step_seconds, parallel, cores, defense_steps, len(trainings),
+                        trainings_at_once, cells_in_flight, notes)

@@ -125,15 +125,18 @@ def summary_lines(dry: DryRun, cfg: ExperimentConfig) -> list[str]:
         asha = f", {a.search_steps:,.0f} a search trial under ASHA" if a.search_steps != a.mean_steps else ""
         priced = ("" if a.encoder_share == 1 else " (a head on cached features: not priced)" if not a.encoder_share
                   else f" ({1 - a.encoder_share:.0%} of them a head on cached features: not priced)")
+        phase = f", after {a.phase_steps:,.0f} of {' and '.join(a.phases)}" if a.phases else ""
         lines.append(f"  {a.attack}: {a.cells} cells, at most {a.trials:,} trials, {a.trial_steps:,.0f} trial-steps "
-                     f"({a.mean_steps:,.0f} steps a trial{asha}){priced}")
+                     f"({a.mean_steps:,.0f} steps a trial{asha}{phase}){priced}")
     if cost.hours is None:
         hours = "no full-encoder step to price"
     else:
         took = f"{cost.hours:,.1f} h" if cost.hours >= 1 else f"{cost.hours * 60:.1f} min"
-        hours = (f"about {took} of compute on this machine ({cost.cores} cores, {cost.parallel} trials at once) at "
-                 f"{cost.step_seconds:.2f} s a step: {cost.step.measured} takes {cost.step.seconds:.2f} s "
-                 f"({cost.step.source}), scaled to this config's tokens per step")
+        scored = cost.checked_rows + cost.feature_rows
+        hours = (f"about {took} of compute on this machine ({cost.cores} cores, {cost.parallel} trials at once): "
+                 f"{cost.priced_steps:,.0f} encoder steps at {cost.step_seconds:.2f} s and {scored:,.0f} rows of "
+                 f"checks and features at {cost.step.forward_per_row * 1000:.0f} ms, from {cost.step.measured} "
+                 f"({cost.step.source})")
     lines.append(f"cost: {cost.trial_steps:,.0f} trial-steps, at most; {hours}")
     lines.append(f"  at once on this machine: {cost.trainings_at_once} of {cost.trainings} defense trainings "
                  f"(defense_training.resources {describe(cfg.defense_training.resources)} each), then "

@@ -243,6 +243,11 @@ class Attack(ABC):
         """Whether some configuration of the space trains a linear probe on frozen features."""
         return False
 
+    def phase_steps(self) -> tuple[str, ...]:
+        """The integer space dimensions that count training steps a trial runs besides `steps` (before them, in full,
+        whatever ASHA does): the dry run's cost estimate prices them as full fine-tuning steps of the trial's batch."""
+        return ()
+
     def needs_benign(self) -> bool:
         """Whether the attack uses the attacker's desired-task rows (`CellData.benign`) besides its budget sample."""
         return False

@@ -44,8 +44,7 @@ def test_paper_dry_run_works_offline_and_prices_the_run(tmp_path):
     assert "finetune: 192 cells, at most 12,480 trials, 6,864,000 trial-steps (550 steps a trial)" in result.stdout
     [cost] = [line for line in result.stdout.splitlines() if line.startswith("cost: ")]
     assert "6,864,000 trial-steps" in cost and " h of compute on this machine" in cost
-    assert "docs/benchmarks.md" in cost and f"takes {MEASURED['bf16'].seconds:.2f} s" in cost or \
-        f"takes {MEASURED['fp32'].seconds:.2f} s" in cost
+    assert "encoder steps at" in cost and "rows of checks and features at" in cost and MEASURED["bf16"].source in cost
     assert "defense training not included (900,000 steps to train)" in result.stdout
     assert not out.exists()
 
@@ -60,7 +59,7 @@ def test_dry_run_json_is_one_document_on_stdout(tmp_path):
     cost = plan["cost"]
     assert cost["trial_steps"] == pytest.approx(192 * 65 * 550)
     assert cost["priced_steps"] == pytest.approx(cost["trial_steps"] / 2)  # finetune's probe mode is not priced
-    assert cost["hours"] > 0 and cost["step"]["source"].startswith("docs/benchmarks.md")
+    assert cost["hours"] > 0 and cost["step"]["source"] == MEASURED["bf16"].source
 
 
 def test_a_local_config_is_checked_whole(tmp_path):
@@ -141,3 +140,52 @@ def test_encoder_share_of_the_built_in_attacks():
     assert share("finetune") == 0.5
     assert share("finetune", {"mode": {"type": "fixed", "value": "full"}}) == 1
     assert share("top-k") == 1
+
+
+def test_a_step_is_priced_affine_in_its_rows_as_measured():
+    # The two batch sizes measured on one machine (docs/reproduce.md): a batch of 8 costs more than half of 16.
+    for precision, (b8, b16) in (("bf16", (0.31, 0.56)), ("fp32", (0.60, 1.10))):
+        step = MEASURED[precision]
+        assert step.step_seconds(8, 64) == pytest.approx(b8) and step.step_seconds(16, 64) == pytest.approx(b16)
+        assert step.step_seconds(8, 64) > step.step_seconds(16, 64) / 2
+    assert MEASURED["bf16"].forward_seconds(300, 64) == pytest.approx(3.3)
+    assert MEASURED["fp32"].forward_seconds(300, 64) == pytest.approx(6.1, rel=0.01)
+
+
+def estimate(config: str, overrides: list[str] | None = None):
+    cfg = load_config(ROOT / "configs" / config, overrides or [])
+    return cfg, estimate_cost(cfg, plan_cells(cfg, ROOT / "no-such-run"), validate_plugins(cfg, config), "bf16",
+                              cores=2)
+
+
+def test_checks_are_priced_and_a_rerun_also_scores_test():
+    cfg, cost = estimate("reproduce.yaml")
+    finetune = {a.attack: a for a in cost.attacks}["finetune"]
+    step = MEASURED["bf16"]
+    # 50-100 steps, checks every 50: a rerun checks twice (validation and test rows), then scores test once more;
+    # under ASHA (grace 50, factor 3) a search trial checks once, and a third of them a second time.
+    search_checks, rerun_checks = 1 + 1 / 3, 2
+    rows = (cfg.search.num_samples * search_checks * 300 + cfg.search.reruns * (rerun_checks * (300 + 600) + 600))
+    assert finetune.checked_rows == pytest.approx(finetune.cells * rows, rel=0.01)
+    per_cell_steps = cfg.search.num_samples * finetune.search_steps + cfg.search.reruns * finetune.mean_steps
+    assert finetune.seconds == pytest.approx(
+        finetune.cells * (per_cell_steps * step.step_seconds(8, 64) + step.forward_seconds(rows, 64)), rel=0.01)
+    probe = {a.attack: a for a in cost.attacks}["probe"]
+    assert probe.seconds == 0 and probe.checked_rows == 0  # a head on cached features: its checks cost nothing
+    # The features: per defended model (4 defenses x 3 seeds) validation and test once, each task's largest sample.
+    assert cost.feature_rows == 12 * (300 + 600 + 200 + 100)
+    _, unchecked = estimate("reproduce.yaml", ["search.eval_every=0", "search.asha=null"])
+    _, plain = estimate("reproduce.yaml", ["search.asha=null"])
+    assert unchecked.hours < plain.hours  # one check a trial, at its end, against one every 50 steps
+
+
+def test_benign_first_pays_its_benign_phase_in_every_trial():
+    cfg, cost = estimate("reproduce-strong-attacks.yaml")
+    attacks = {a.attack: a for a in cost.attacks}
+    benign, reinit = attacks["benign-first"], attacks["reinit-top"]
+    assert (benign.phases, benign.phase_steps) == (("benign_steps",), pytest.approx(150, rel=0.01))
+    assert (reinit.phases, reinit.phase_steps) == ((), 0)
+    trials = cfg.search.num_samples + cfg.search.reruns
+    # ASHA cuts the harmful phase only: every trial runs its benign steps in full.
+    assert benign.trial_steps - reinit.trial_steps == pytest.approx(benign.cells * trials * 150, rel=0.01)
+    assert benign.seconds > reinit.seconds
