@@ -307,6 +307,22 @@ def test_blocked_needs_the_desired_task_kept_within_a_margin_of_bert():
     assert summary(aggregate(table(harmful)), "mlac")["verdict"] == "blocked, utility not checked"
 
 
+def test_a_board_without_desired_cells_says_why_utility_went_unchecked():
+    with_bert = gap_cells("bert", 20, [0.1, 0.12, 0.11])  # random-init's 3 cells, then bert's
+    mlac = gap_cells("mlac", 20, [0.0, 0.01, 0.005])[3:]
+    harmful = with_bert + mlac
+    markdown = render_markdown(aggregate(table(harmful)))
+    header = next(line for line in markdown.splitlines() if line.startswith("| defense | verdict"))
+    assert "desired acc @ —" in header and "None" not in header
+    bert = next(line for line in markdown.splitlines() if line.startswith("| bert |"))
+    assert "not checked (no desired-task cells)" in bert and "no bert to compare" not in markdown
+    # with desired cells, a defense bert cannot be paired with still says that bert is missing
+    desired = [cell("mlac", "finetune", "desired", 50, s, 0.8) for s in range(3)]
+    row = next(line for line in render_markdown(aggregate(table(with_bert[:3] + mlac + desired))).splitlines()
+               if line.startswith("| mlac |"))
+    assert "not checked (no bert to compare)" in row
+
+
 def test_data_cost_threshold_is_relative_to_the_reference_curves_and_counts_validation_rows():
     bert = {20: 0.6, 50: 0.7, 100: 0.8, 200: 0.9}
     cells = [cell("bert", "finetune", "harmful", b, s, m + (0.02 if s else -0.02), validation_rows=b)

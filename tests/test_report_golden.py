@@ -10,6 +10,8 @@ Markdown and terminal copies are unchanged; the summary gained `harmful_majority
 `desired_majority_accuracy`, null here (these published folders hold no run.json to read the test pools from).
 The protocol-1 board moved to results/reproduce-protocol1/ unchanged when the republication (issue 21) took
 results/reproduce/; that board's golden copies were written from its own cells and the curves published beside them.
+The diagnostics board's Markdown and HTML changed once more in one cell: mlac-k16-240, which has no desired-task
+cells, reads "not checked (no desired-task cells)" where it read "no bert to compare".
 Checked: the leaderboard, summary and comparisons Parquet tables (schema, metadata and values), the Markdown, the
 HTML with its embedded plots cut out (PNG bytes depend on matplotlib and its fonts), and the terminal table as rich
 prints it at a fixed width.

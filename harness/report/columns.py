@@ -96,6 +96,8 @@ def worst_gap_text(r: dict[str, Any], compact: bool = False) -> str:
 
 def utility_text(r: dict[str, Any]) -> str:
     if r["utility_check"] is None:
+        if r["desired_accuracy_max_budget"] is None:
+            return "not checked (no desired-task cells)"
         return "not checked" + ("" if r["defense"] == REFERENCE_DEFENSE else f" (no {CONTROL_DEFENSE} to compare)")
     text = interval_text(r["utility_diff"], r["utility_diff_ci95_low"], r["utility_diff_ci95_high"])
     return f"{text} @ {r['utility_budget']}: {r['utility_check']}"
@@ -204,7 +206,7 @@ SUMMARY_COLUMNS: tuple[Column, ...] = (
     # worst-case (validation-best) attack, mean over budgets
     Column("desired_accuracy_mean", pa.float64(), lambda f: _mean(f.desired_means.values())),
     Column("desired_accuracy_max_budget", pa.float64(), lambda f: f.desired_means.get(f.desired_max_budget), (
-        View(BOARD, 50, lambda first: f"desired acc @ {first.get('desired_max_budget')}",
+        View(BOARD, 50, lambda first: f"desired acc @ {first.get('desired_max_budget') or '—'}",
              lambda r: fmt_number(r["desired_accuracy_max_budget"])),
         View(TERMINAL, 50, lambda first: f"desired\n@ {first.get('desired_max_budget') or '—'}",
              lambda r: fmt_number(r["desired_accuracy_max_budget"]), no_wrap=True),
