@@ -75,6 +75,7 @@ def test_paper_config_dry_run_plans_the_full_protocol(tmp_path: Path) -> None:
     ("reproduce.yaml", "reproduce/cells.parquet"),
     ("reproduce-replication.yaml", "reproduce-replication/cells.parquet"),
     ("reproduce-strong-attacks.yaml", "reproduce-strong-attacks/cells.parquet"),
+    ("reproduce-mlac-k.yaml", "reproduce-mlac-k/cells.parquet"),
     ("reproduce-short-attack.yaml", "reproduce-protocol1/cells.parquet"),
     ("reproduce-peers-short-attack.yaml", "reproduce-protocol1/cells-peers.parquet"),
     ("reproduce-mlac-mixed.yaml", "reproduce-diagnostics/cells-mlac-mixed.parquet"),
