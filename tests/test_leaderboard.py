@@ -23,11 +23,13 @@ from harness.leaderboard import (
     build_leaderboard,
     data_cost,
     defense_colors,
+    merge_curves,
     merge_runs,
     render_markdown,
     render_terminal,
 )
-from tests.conftest import sdm_command
+from harness.report.publish import board_tables
+from tests.conftest import ROOT, sdm_command
 
 # Student t quantiles t(0.975, df), written out so the expected intervals do not come from the code under test.
 T_975 = {1: 12.706204736174698, 2: 4.302652729911275, 3: 3.182446305284263}
@@ -617,3 +619,26 @@ def test_the_report_column_and_format_of_the_guide_show_everywhere(tmp_path: Pat
     text = console.export_text()
     assert "harmful" in text and "@ max" in text and "0.750" in text
     assert "csv" not in render.FORMATS and "harmful_accuracy_max_budget" not in SUMMARY_SCHEMA.names
+
+
+def test_a_published_folder_s_aggregated_curves_are_not_merged_as_trial_curves(tmp_path: Path):
+    # A published folder's curves.parquet is its board's (means over seeds, no cell_id): merging it as per-trial
+    # curves gave nothing, silently. It is left out, and the board says so.
+    published = ROOT / "results" / "reproduce-mlac-k"
+    board = tmp_path / "board"
+    board.mkdir()
+    for name in ("cells.parquet", "curves.parquet"):
+        (board / name).write_bytes((published / name).read_bytes())
+    tables = board_tables([board / "cells.parquet"])
+    assert tables.curves.num_rows == 0
+    assert any("brings its board's aggregated curves (curves.parquet)" in c for c in tables.cautions)
+    # Per-trial curves beside a cells file are merged, with no caution.
+    cells = pq.read_table(board / "cells.parquet").to_pylist()
+    first = next(c for c in cells if c["attack"] == "finetune")
+    keys = {k: first[k] for k in ("defense", "attack", "task", "budget", "seed", "cell_id", "task_role")}
+    rows = [{**keys, "trial_id": "rerun-0", "phase": "rerun", "step": step, "split": "test", "accuracy": 0.5}
+            for step in (50, 100)]
+    pq.write_table(results.to_table(rows, results.CURVE_SCHEMA, "curves"), board / "curves.parquet")
+    assert not any("aggregated curves" in c for c in board_tables([board / "cells.parquet"]).cautions)
+    merged, cautions = merge_curves([board / "cells.parquet"], pq.read_table(board / "cells.parquet"))
+    assert merged.num_rows == 2 and set(merged["cell_id"].to_pylist()) == {first["cell_id"]} and not cautions

@@ -12,6 +12,9 @@ The protocol-1 board moved to results/reproduce-protocol1/ unchanged when the re
 results/reproduce/; that board's golden copies were written from its own cells and the curves published beside them.
 The diagnostics board's Markdown and HTML changed once more in one cell: mlac-k16-240, which has no desired-task
 cells, reads "not checked (no desired-task cells)" where it read "no bert to compare".
+The reproduce board's Markdown, HTML and terminal copies gained one caution when merging learnt to tell a
+published folder's curves.parquet (its board's means over seeds) from per-trial curves: this board's cells carry
+none, which it now says (its tables are unchanged: those curves had always been dropped, silently).
 Checked: the leaderboard, summary and comparisons Parquet tables (schema, metadata and values), the Markdown, the
 HTML with its embedded plots cut out (PNG bytes depend on matplotlib and its fonts), and the terminal table as rich
 prints it at a fixed width.

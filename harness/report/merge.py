@@ -151,22 +151,32 @@ def published_curves(cells_file: Path) -> Path:
     return cells_file.with_name(cells_file.name.replace("cells", "curves", 1))
 
 
-def merge_curves(run_dirs: list[Path], cells: pa.Table) -> pa.Table:
+def _curves_file(path: Path) -> pa.Table | None:
+    """A run's curves.parquet as CURVE_SCHEMA rows; None when it holds a board's aggregated curves instead (a
+    published folder's `curves.parquet` is its board's: means over seeds, no `cell_id` to merge by)."""
+    table = pq.read_table(path)
+    return conform(table, CURVE_SCHEMA) if "cell_id" in table.column_names else None
+
+
+def merge_curves(run_dirs: list[Path], cells: pa.Table) -> tuple[pa.Table, tuple[str, ...]]:
     """The curves of all runs (CURVE_SCHEMA) for the merged cells: a run's per-cell curve files, or its run-level
     curves.parquet when it has only that, or for a published cells file the curves file beside it; empty for runs
-    written before curves existed."""
+    written before curves existed. Also the cautions for runs whose curves file holds a board's aggregate."""
     import pyarrow.compute as pc
 
-    tables = []
+    tables, cautions = [], []
     for run in map(Path, run_dirs):
-        if run.is_file():
-            beside = published_curves(run)
-            curves = conform(pq.read_table(beside), CURVE_SCHEMA) if beside.is_file() else CURVE_SCHEMA.empty_table()
-        else:
-            curves = read_curves(run)
-            if curves.num_rows == 0 and (run / "curves.parquet").is_file():
-                curves = conform(pq.read_table(run / "curves.parquet"), CURVE_SCHEMA)
+        curves = read_curves(run) if run.is_dir() else CURVE_SCHEMA.empty_table()
+        beside = published_curves(run) if run.is_file() else run / "curves.parquet"
+        if curves.num_rows == 0 and beside.is_file():
+            per_trial = _curves_file(beside)
+            if per_trial is None:
+                cautions.append(f"run '{run_name(run)}' brings its board's aggregated curves ({beside.name}), not "
+                                "per-trial ones: compute cost and the harmful-steps plot leave its cells out")
+            else:
+                curves = per_trial
         tables.append(curves)
     merged = pa.concat_tables(tables) if tables else CURVE_SCHEMA.empty_table()
-    # Only the curves of cells the board holds: a cell failed since, or a cell another run owns, is not theirs.
-    return merged.filter(pc.is_in(merged["cell_id"], value_set=cells["cell_id"])) if merged.num_rows else merged
+    if merged.num_rows:  # only the curves of cells the board holds: a cell failed since, or another run's, is not theirs
+        merged = merged.filter(pc.is_in(merged["cell_id"], value_set=cells["cell_id"]))
+    return merged, tuple(cautions)

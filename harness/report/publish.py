@@ -42,9 +42,10 @@ def board_tables(run_dirs: list[Path], *, threshold: float | None = None, block_
     check_options(threshold, block_margin, utility_margin)
     run_dirs = [Path(r) for r in run_dirs]
     cells, runs = merge_runs(run_dirs)
-    curves = merge_curves(run_dirs, cells)
-    return replace(aggregate(cells, curves=curves, threshold=threshold, block_margin=block_margin,
-                             utility_margin=utility_margin, majority=majority_accuracy(run_dirs, cells)), runs=runs)
+    curves, curve_cautions = merge_curves(run_dirs, cells)
+    tables = aggregate(cells, curves=curves, threshold=threshold, block_margin=block_margin,
+                       utility_margin=utility_margin, majority=majority_accuracy(run_dirs, cells))
+    return replace(tables, runs=runs, cautions=tables.cautions + curve_cautions)
 
 
 def cell_files(run_dirs: list[Path], out: Path) -> dict[str, CellFiles]:
