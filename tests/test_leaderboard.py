@@ -642,3 +642,18 @@ def test_a_published_folder_s_aggregated_curves_are_not_merged_as_trial_curves(t
     assert not any("aggregated curves" in c for c in board_tables([board / "cells.parquet"]).cautions)
     merged, cautions = merge_curves([board / "cells.parquet"], pq.read_table(board / "cells.parquet"))
     assert merged.num_rows == 2 and set(merged["cell_id"].to_pylist()) == {first["cell_id"]} and not cautions
+
+
+def test_a_published_folder_with_trial_curves_rebuilds_its_merged_board(tmp_path: Path):
+    # results/reproduce-mlac-k/ publishes its run's per-trial curves (trial-curves.parquet): a board merging its cells
+    # file draws them, and rebuilds the published board's tables from the published files alone.
+    published = ROOT / "results" / "reproduce-mlac-k"
+    runs = [published / "cells.parquet", ROOT / "results" / "reproduce-replication" / "cells.parquet"]
+    merged, cautions = merge_curves(runs[:1], pq.read_table(runs[0]))
+    assert merged.num_rows == pq.read_table(published / "trial-curves.parquet").num_rows > 0 and not cautions
+    tables = board_tables(runs)
+    assert [c for c in tables.cautions if "aggregated curves" in c] == [
+        "run 'reproduce-replication/cells.parquet' brings its board's aggregated curves (curves.parquet), not "
+        "per-trial ones: compute cost and the harmful-steps plot leave its cells out"]
+    for name in ("leaderboard", "comparisons", "curves"):
+        assert getattr(tables, name).equals(pq.read_table(published / f"{name}.parquet")), name

@@ -147,8 +147,15 @@ def run_name(run: Path) -> str:
 
 
 def published_curves(cells_file: Path) -> Path:
-    """Where a published cells file's curves lie: beside it, named alike (cells-peers.parquet: curves-peers.parquet)."""
+    """Where a published cells file's board curves lie: beside it, named alike (cells-peers.parquet:
+    curves-peers.parquet)."""
     return cells_file.with_name(cells_file.name.replace("cells", "curves", 1))
+
+
+def published_trial_curves(cells_file: Path) -> Path:
+    """Where a published cells file's per-trial curves lie, the run's own curves.parquet: beside it, named alike
+    (cells.parquet: trial-curves.parquet), so that a board merging the cells file can draw them."""
+    return cells_file.with_name(cells_file.name.replace("cells", "trial-curves", 1))
 
 
 def _curves_file(path: Path) -> pa.Table | None:
@@ -160,14 +167,17 @@ def _curves_file(path: Path) -> pa.Table | None:
 
 def merge_curves(run_dirs: list[Path], cells: pa.Table) -> tuple[pa.Table, tuple[str, ...]]:
     """The curves of all runs (CURVE_SCHEMA) for the merged cells: a run's per-cell curve files, or its run-level
-    curves.parquet when it has only that, or for a published cells file the curves file beside it; empty for runs
-    written before curves existed. Also the cautions for runs whose curves file holds a board's aggregate."""
+    curves.parquet when it has only that, or for a published cells file the per-trial curves beside it (else its
+    board's curves file, which cannot be merged); empty for runs written before curves existed. Also the cautions for runs whose curves file holds a board's aggregate."""
     import pyarrow.compute as pc
 
     tables, cautions = [], []
     for run in map(Path, run_dirs):
         curves = read_curves(run) if run.is_dir() else CURVE_SCHEMA.empty_table()
-        beside = published_curves(run) if run.is_file() else run / "curves.parquet"
+        beside = run / "curves.parquet"
+        if run.is_file():
+            trial_curves = published_trial_curves(run)
+            beside = trial_curves if trial_curves.is_file() else published_curves(run)
         if curves.num_rows == 0 and beside.is_file():
             per_trial = _curves_file(beside)
             if per_trial is None:
