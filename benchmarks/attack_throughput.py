@@ -26,6 +26,7 @@ Trainer's compute is its training loop (`on_train_begin` to `on_train_end`) plus
 the selected configuration is no part of the grid: its time is reported apart and left out of the wall time.
 
     .venv/bin/python benchmarks/attack_throughput.py --trials 12 --layers 2 --max-length 64
+    .venv/bin/python benchmarks/attack_throughput.py --trials 12 --layers 2 --max-length 64 --precision bf16
 
 Needs `accelerate` (for `Trainer`), listed in the `bench` extra: `.venv/bin/pip install -e '.[bench]'`.
 """
@@ -85,7 +86,8 @@ def experiment(opts: argparse.Namespace, grid: list[dict[str, Any]], out: Path) 
         space[key] = {"type": "choice", "values": values} if len(values) > 1 else values[0]
     return {
         "experiment": "attack-throughput",
-        "model": {"source": "embedded", "num_hidden_layers": opts.layers, "max_length": opts.max_length},
+        "model": {"source": "embedded", "num_hidden_layers": opts.layers, "max_length": opts.max_length,
+                  "precision": opts.precision},
         "data": {"source": "standin", "validation_size": opts.val_size, "test_size": opts.test_size},
         "tasks": {"attacked": ["harmful"]},
         "budgets": [opts.budget],
@@ -313,6 +315,7 @@ def run_trainer(opts: argparse.Namespace, grid: list[dict[str, Any]], workdir: P
     args = TrainingArguments(
         output_dir=str(workdir / "trainer"),
         use_cpu=True,
+        bf16=opts.precision == "bf16",  # CPU autocast to bf16 with float32 weights, as sdm-bench's bf16 trials
         max_steps=1,  # set per trial by hp_space
         lr_scheduler_type="constant",
         weight_decay=0.0,
@@ -428,7 +431,7 @@ def report(opts: argparse.Namespace, results: dict[str, dict[str, dict[str, Any]
               f"{torch.get_num_threads()} threads), transformers {transformers.__version__}, ray {ray.__version__}, "
               f"Python {platform.python_version()}. Grid: {opts.trials} trials, steps {opts.steps}, "
               f"budget {opts.budget}, encoder layers {opts.layers}, max_length {opts.max_length}, "
-              f"validation rows {opts.val_size}; "
+              f"validation rows {opts.val_size}, precision {opts.precision} on both sides; "
               f"sdm-bench runs {opts.concurrent} trials at once (1 thread each), Trainer one."]
     return "\n".join(lines)
 
@@ -450,6 +453,9 @@ def main() -> None:
     parser.add_argument("--concurrent", type=int, default=2, help="sdm-bench's trials at once (search.max_concurrent)")
     parser.add_argument("--trainer-threads", type=int,
                         help="torch threads of the Trainer side (default: torch's, one per core)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="both sides: fp32, or bf16 autocast with float32 weights (sdm-bench's model.precision, "
+                             "Trainer's bf16=True)")
     parser.add_argument("--keep", type=Path, help="keep each side's results, logs and run directory here")
     opts = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
