@@ -199,10 +199,11 @@ def attack_cost(cfg: ExperimentConfig, attack: Attack, cells: int, step: StepCos
                      + search.reruns * (rerun_checks * (validation + test) + test))
     share = encoder_share(attack)
     tokens = cfg.model.max_length
-    seconds = cells * share * (per_cell * step.step_seconds(rows, tokens) + step.forward_seconds(rows_per_cell, tokens))
+    step_seconds = step.step_seconds(rows, tokens)
+    seconds = cells * share * (per_cell * step_seconds + step.forward_seconds(rows_per_cell, tokens))
     return AttackCost(attack.name, cells, cells * (search.num_samples + search.reruns), cells * per_cell,
-                      mean_steps, search_steps, attack.phase_steps(), phase_steps, rows, tokens, share, cells * share * rows_per_cell,
-                      step.step_seconds(rows, tokens), seconds)
+                      mean_steps, search_steps, attack.phase_steps(), phase_steps, rows, tokens, share,
+                      cells * share * rows_per_cell, step_seconds, seconds)
 
 
 def feature_rows(cfg: ExperimentConfig, plan: Plan, attacks: dict[str, Attack]) -> float:

@@ -168,14 +168,16 @@ def _curves_file(path: Path) -> pa.Table | None:
 def merge_curves(run_dirs: list[Path], cells: pa.Table) -> tuple[pa.Table, tuple[str, ...]]:
     """The curves of all runs (CURVE_SCHEMA) for the merged cells: a run's per-cell curve files, or its run-level
     curves.parquet when it has only that, or for a published cells file the per-trial curves beside it (else its
-    board's curves file, which cannot be merged); empty for runs written before curves existed. Also the cautions for runs whose curves file holds a board's aggregate."""
+    board's curves file, which cannot be merged); empty for runs written before curves existed. Also the cautions
+    for runs whose curves file holds a board's aggregate."""
     import pyarrow.compute as pc
 
     tables, cautions = [], []
     for run in map(Path, run_dirs):
         curves = read_curves(run) if run.is_dir() else CURVE_SCHEMA.empty_table()
-        beside = run / "curves.parquet"
-        if run.is_file():
+        if run.is_dir():
+            beside = run / "curves.parquet"
+        else:  # a published cells file: its run's per-trial curves where published with it, else its board's
             trial_curves = published_trial_curves(run)
             beside = trial_curves if trial_curves.is_file() else published_curves(run)
         if curves.num_rows == 0 and beside.is_file():
@@ -187,6 +189,6 @@ def merge_curves(run_dirs: list[Path], cells: pa.Table) -> tuple[pa.Table, tuple
                 curves = per_trial
         tables.append(curves)
     merged = pa.concat_tables(tables) if tables else CURVE_SCHEMA.empty_table()
-    if merged.num_rows:  # only the curves of cells the board holds: a cell failed since, or another run's, is not theirs
+    if merged.num_rows:  # only the curves of cells the board holds (not a cell failed since, nor another run's)
         merged = merged.filter(pc.is_in(merged["cell_id"], value_set=cells["cell_id"]))
     return merged, tuple(cautions)
