@@ -2,15 +2,16 @@
 range, ASHA where configured), validation checks, frozen features, and hours on this machine from measured costs.
 
 A trial-step is one optimizer step of one attack trial. A cell runs at most `num_samples` search trials (the plateau
-stop may end it sooner) and `reruns` reruns of the selected configuration, so the count is an upper bound on the
-trials and an expectation over the steps each one draws. A trial that trains a linear head on cached frozen features
-(the `probe` attack, `finetune` in probe mode) costs milliseconds a step: its steps are counted, not priced. Every
-other trial's steps are priced as full fine-tuning steps, an upper bound for the ones that adapt less (a top-k or LoRA
-trial still runs the whole encoder forward). Besides its steps, an encoder trial pays a forward pass over the
-validation rows at every check (a rerun also over the test rows, as it records the test curve), and every step an
-attack runs before the steps ASHA counts (`Attack.phase_steps`: benign-first's benign phase). A defended model's
-frozen features are encoded once (validation, test, and each task's largest budget sample). Defense training is
-counted in its own steps and not priced: its step costs differ by defense by orders of magnitude (docs/benchmarks.md).
+stop may end it sooner), `reruns` reruns of the selected configuration and a replay of the selected trial (priced as a
+rerun), so the count is an upper bound on the trials and an expectation over the steps each one draws. A trial that
+trains a linear head on cached frozen features (the `probe` attack, `finetune` in probe mode) costs milliseconds a step:
+its steps are counted, not priced. Every other trial's steps are priced as full fine-tuning steps, an upper bound for
+the ones that adapt less (a top-k or LoRA trial still runs the whole encoder forward). Besides its steps, an encoder
+trial pays a forward pass over the validation rows at every check (a rerun also over the test rows, as it records the
+test curve), and every step an attack runs before the steps ASHA counts (`Attack.phase_steps`: benign-first's benign
+phase). A defended model's frozen features are encoded once (validation, test, and each task's largest budget sample).
+Defense training is counted in its own steps and not priced: its step costs differ by defense by orders of magnitude
+(docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from harness.config import ExperimentConfig
-from harness.plan import Plan
+from harness.plan import REPLAYS, Plan
 from harness.plugins import Attack
 from harness.space import Choice, Dim, Fixed, IntRange
 
@@ -189,19 +190,20 @@ def attack_cost(cfg: ExperimentConfig, attack: Attack, cells: int, step: StepCos
     batch = attack.space.get("batch_size")
     # A space without an integer batch size (a plugin's own) is priced at the benchmarks' batch of 16.
     rows = _mean(steps_quantiles(batch)) if isinstance(batch, (Choice, Fixed, IntRange)) else 16.0
-    per_cell = search.num_samples * (search_steps + phase_steps) + search.reruns * (mean_steps + phase_steps)
+    scored = search.reruns + REPLAYS  # priced alike: a replay trains as long as the selected trial did
+    per_cell = search.num_samples * (search_steps + phase_steps) + scored * (mean_steps + phase_steps)
     # A search trial scores the validation rows at every check; a rerun scores the test rows there too, and once more
     # at the end with the weights it selected.
     validation, test = cfg.data.validation_size, cfg.data.test_size
     search_checks = expected(search_outcomes, lambda run: checks_in(run, search.eval_every))
     rerun_checks = expected(rerun_outcomes, lambda run: checks_in(run, search.eval_every))
     rows_per_cell = (search.num_samples * search_checks * validation
-                     + search.reruns * (rerun_checks * (validation + test) + test))
+                     + scored * (rerun_checks * (validation + test) + test))
     share = encoder_share(attack)
     tokens = cfg.model.max_length
     step_seconds = step.step_seconds(rows, tokens)
     seconds = cells * share * (per_cell * step_seconds + step.forward_seconds(rows_per_cell, tokens))
-    return AttackCost(attack.name, cells, cells * (search.num_samples + search.reruns), cells * per_cell,
+    return AttackCost(attack.name, cells, cells * (search.num_samples + scored), cells * per_cell,
                       mean_steps, search_steps, attack.phase_steps(), phase_steps, rows, tokens, share,
                       cells * share * rows_per_cell, step_seconds, seconds)
 

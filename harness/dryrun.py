@@ -16,7 +16,7 @@ from typing import Any
 
 from harness.config import ExperimentConfig
 from harness.cost import CostEstimate, estimate_cost
-from harness.plan import Plan, plan_cells, validate_plugins
+from harness.plan import REPLAYS, Plan, plan_cells, validate_plugins
 
 OFFLINE_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 
@@ -116,7 +116,7 @@ def summary_lines(dry: DryRun, cfg: ExperimentConfig) -> list[str]:
     plan, cost = dry.plan, dry.cost
     lines = [
         f"{len(plan.todo)} cells to run, at most {len(plan.todo) * plan.trials_per_cell} trials "
-        f"({cfg.search.num_samples} search + {cfg.search.reruns} reruns per cell)",
+        f"({cfg.search.num_samples} search + {cfg.search.reruns} reruns + {REPLAYS} replay per cell)",
         "checked: " + ", ".join(dry.checked),
     ]
     if dry.not_checked:

@@ -14,6 +14,10 @@ from harness.errors import UserError
 from harness.plugins import Attack
 from harness.space import Choice, Fixed, IntRange
 
+# After its search a cell runs its `search.reruns` and one replay of the selected trial with its own seed
+# (harness.search), each scored on test: the trials a cell runs beyond its search ones.
+REPLAYS = 1
+
 
 @dataclass(frozen=True)
 class Cell:
@@ -60,7 +64,7 @@ def plan_cells(cfg: ExperimentConfig, run_dir: Path) -> Plan:
         cells,
         {c for c, s in status.items() if s == "ok"},
         {c for c, s in status.items() if s != "ok"},
-        cfg.search.num_samples + cfg.search.reruns,
+        cfg.search.num_samples + cfg.search.reruns + REPLAYS,
     )
 
 

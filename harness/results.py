@@ -1,7 +1,7 @@
 """Result tables: explicit pyarrow schemas, provenance on every row, atomic Parquet writes.
 
 A run directory holds
-  trials/defense=…/attack=…/task=…/budget=…/seed=…/trials.parquet   one row per search trial and per rerun
+  trials/defense=…/attack=…/task=…/budget=…/seed=…/trials.parquet   one row per search trial, rerun and replay
   cells/<cell_id>.parquet                                           one row per finished cell (the resume marker)
   cells.parquet                                                     all cell rows, rebuilt after every cell
   trials/defense=…/attack=…/task=…/budget=…/seed=…/curves.parquet   accuracy checks along each trial's steps
@@ -10,7 +10,8 @@ A run directory holds
 Curves: every search trial's validation accuracy at each check (`search.eval_every`, and its last step); each rerun of
 the selected configuration has its validation checks and, at the same steps, test accuracy (reruns only: selection
 never sees test). The cells' search diagnostics (`search_*` columns) came later: cells written before them read null
-there, which means unknown (no caution, no effect on a verdict), not "converged".
+there, which means unknown (no caution, no effect on a verdict), not "converged"; so do the `found_*` columns of cells
+written before the replay existed.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ TRIAL_SCHEMA = pa.schema(
         *PARTITION_FIELDS,
         pa.field("cell_id", pa.string()),
         pa.field("task_role", pa.string()),  # harmful | desired
-        pa.field("phase", pa.string()),  # search | rerun
+        pa.field("phase", pa.string()),  # search | rerun | replay
         pa.field("trial_id", pa.string()),
         pa.field("trial_seed", pa.int64()),
         pa.field("hyperparameters", pa.string()),  # JSON object
@@ -118,6 +119,10 @@ CELL_SCHEMA = pa.schema(
         pa.field("test_accuracy", pa.float64()),  # mean over reruns of the selected configuration
         pa.field("test_accuracy_std", pa.float64()),
         pa.field("n_reruns", pa.int64()),
+        # The selected trial replayed with its own seed: the model the attacker found. Validation equal to
+        # best_val_accuracy when the replay reproduced the trial; test read for reporting, as the reruns' is.
+        pa.field("found_val_accuracy", pa.float64()),
+        pa.field("found_test_accuracy", pa.float64()),
         pa.field("wall_seconds", pa.float64()),
         *SEARCH_DIAGNOSTIC_FIELDS,
         *ORIGIN_FIELDS,
@@ -207,7 +212,7 @@ class RanOn:
 class TrialResult:
     """One search trial or rerun, as the search reports it."""
 
-    phase: str  # search | rerun
+    phase: str  # search | rerun | replay
     trial_id: str
     trial_seed: int
     hyperparameters: str  # JSON object
@@ -235,6 +240,8 @@ class CellResult:
     best_val_accuracy: float | None = None
     test_accuracy: float | None = None
     test_accuracy_std: float | None = None
+    found_val_accuracy: float | None = None  # the selected trial's replay (CELL_SCHEMA)
+    found_test_accuracy: float | None = None
     search_best_so_far: str | None = None  # SEARCH_DIAGNOSTIC_FIELDS
     search_best_trial: int | None = None
     search_still_improving: bool | None = None

@@ -5,9 +5,12 @@ same whether it runs alone or beside others, because TPE proposes a batch only o
 before, and the plateau stop counts trials in the order they were proposed (`PlateauSearch`). ASHA's cuts (below)
 are the exception: they depend on the order the trials' checks arrive in.
 
-The attacker selects hyperparameters on the validation split only; the selected configuration is rerun with fresh
-seeds and scored on the held-out test split, which no search trial evaluates. With `search.asha`, Tune's ASHA
-scheduler stops poor trials on their validation checks, and their workers stop training at once (`WorkerPool.stop`).
+The attacker selects hyperparameters on the validation split only; the selected configuration is rerun with fresh seeds
+and scored on the held-out test split, which no search trial evaluates; the cell's test accuracy is the reruns' mean
+(the reference's protocol). The selected trial is also replayed with its own seed and scored on test: the model the
+attacker found, which the board holds against the reruns (a configuration that broke the defense on one seed of two must
+not pass for a failed attack). With `search.asha`, Tune's ASHA scheduler stops poor trials on their validation checks,
+and their workers stop training at once (`WorkerPool.stop`).
 
 Besides the trials, a cell's search records its curves (every trial's validation checks; the reruns' validation and
 test checks) and diagnostics of its own convergence (`harness.search_diagnostics`).
@@ -39,6 +42,7 @@ from harness.pool import WorkerPool
 
 log = logging.getLogger(__name__)
 
+REPLAY = "replay"  # the phase and trial id of the selected trial's replay (`harness.plan.REPLAYS`: one a cell)
 
 
 # -- driver side ----------------------------------------------------------------------------------------------------
@@ -260,20 +264,26 @@ def run_cell(
     best = rows[best_index]
     diagnostics = search_diagnostics(rows, best_index, searched, configs[best_index])
     seeds = [derive_seed(cell.cell_id, "rerun", i) for i in range(search.reruns)]
+    # Beside the reruns, the selected trial itself is replayed with its own seed (training is deterministic), and
+    # scored on test: the model the attacker found and holds, not only how reliable its configuration is.
+    jobs = [(configs[best_index], seed) for seed in [*seeds, best.trial_seed]]
     # Reruns get the search trials' retries; one that still fails leaves the cell without its test estimate, which
-    # is defined over all `reruns` seeds: the cell is failed rather than reported over fewer.
-    outcomes = pool.run_all(holder, [(configs[best_index], seed) for seed in seeds], True, search.max_failures + 1)
+    # is defined over all `reruns` seeds: the cell is failed rather than reported over fewer. A failed replay only
+    # leaves the found model unknown.
+    outcomes = pool.run_all(holder, jobs, True, search.max_failures + 1)
     reruns = []
-    for i, (seed, outcome) in enumerate(zip(seeds, outcomes)):
+    for i, ((_, seed), outcome) in enumerate(zip(jobs, outcomes)):
         ok = isinstance(outcome, dict)
+        trial_id = f"rerun-{i}" if i < len(seeds) else REPLAY
         if ok:
-            ran_on[f"rerun-{i}"] = RanOn(outcome["hardware"], outcome["precision"])
-            curves += [CurvePoint(f"rerun-{i}", "rerun", step, split, accuracy)
+            ran_on[trial_id] = RanOn(outcome["hardware"], outcome["precision"])
+        if ok and trial_id != REPLAY:  # the replay's checks repeat the selected trial's own
+            curves += [CurvePoint(trial_id, "rerun", step, split, accuracy)
                        for split, key in (("validation", "val_curve"), ("test", "test_curve"))
                        for step, accuracy in outcome.get(key, [])]
         reruns.append(TrialResult(
-            phase="rerun",
-            trial_id=f"rerun-{i}",
+            phase="rerun" if trial_id != REPLAY else REPLAY,
+            trial_id=trial_id,
             trial_seed=seed,
             hyperparameters=best.hyperparameters,
             val_accuracy=outcome["val_accuracy"] if ok else None,
@@ -286,9 +296,10 @@ def run_cell(
             node_id=outcome["node_id"] if ok else None,
         ))
         on_trial()
+    replay = reruns.pop()
     tests = [r.test_accuracy for r in reruns if r.status == "ok"]
     complete = len(tests) == len(reruns)
-    return rows + reruns, CellResult(
+    return rows + reruns + [replay], CellResult(
         status="ok" if complete else "failed",
         n_reruns=len(tests),
         wall_seconds=time.perf_counter() - started,
@@ -296,6 +307,8 @@ def run_cell(
         best_val_accuracy=best.val_accuracy,
         test_accuracy=statistics.fmean(tests) if complete else None,
         test_accuracy_std=(statistics.stdev(tests) if len(tests) > 1 else 0.0) if complete else None,
+        found_val_accuracy=replay.val_accuracy,
+        found_test_accuracy=replay.test_accuracy,
         **diagnostics,
         **counts,
     ), curves, ran_on

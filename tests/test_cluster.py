@@ -39,7 +39,7 @@ def test_a_run_on_a_two_node_cluster_uses_both_nodes(two_nodes: Cluster, tmp_pat
     [cell] = read_cells(out).to_pylist()
     assert cell["status"] == "ok" and cell["n_trials"] == 3 and cell["n_reruns"] == 2
     trials = read_trials(out).to_pylist()
-    assert sorted(t["phase"] for t in trials) == ["rerun", "rerun", "search", "search", "search"]
+    assert sorted(t["phase"] for t in trials) == ["replay", "rerun", "rerun", "search", "search", "search"]
     assert all(t["status"] == "ok" and t["val_accuracy"] is not None for t in trials)
     nodes = {node.node_id for node in two_nodes.list_all_nodes()}
     assert len(nodes) == 2

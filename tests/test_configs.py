@@ -58,7 +58,7 @@ def test_paper_config_dry_run_plans_the_full_protocol(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     # 4 defenses x 2 tasks x 4 budgets x 6 seeds, each at most 50 search trials + 15 reruns.
-    assert "192 cells to run, at most 12480 trials (50 search + 15 reruns per cell)" in result.stdout
+    assert "192 cells to run, at most 12672 trials (50 search + 15 reruns + 1 replay per cell)" in result.stdout
     for defense in ("random-init", "bert", "adversarial", "mlac"):
         assert f"{defense}__finetune__gender__b200__s5" in result.stdout
     assert not out.exists()  # a dry run writes nothing
@@ -75,6 +75,7 @@ def test_paper_config_dry_run_plans_the_full_protocol(tmp_path: Path) -> None:
     ("reproduce.yaml", "reproduce/cells.parquet"),
     ("reproduce-replication.yaml", "reproduce-replication/cells.parquet"),
     ("reproduce-strong-attacks.yaml", "reproduce-strong-attacks/cells.parquet"),
+    ("reproduce-strong-attacks-s45.yaml", "reproduce-strong-attacks/cells-s45.parquet"),
     ("reproduce-mlac-k.yaml", "reproduce-mlac-k/cells.parquet"),
     ("reproduce-short-attack.yaml", "reproduce-protocol1/cells.parquet"),
     ("reproduce-peers-short-attack.yaml", "reproduce-protocol1/cells-peers.parquet"),

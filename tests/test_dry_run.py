@@ -12,7 +12,7 @@ import pytest
 
 from harness.configfile import load_config
 from harness.cost import MEASURED, asha_steps, encoder_share, estimate_cost, steps_quantiles
-from harness.plan import plan_cells, validate_plugins
+from harness.plan import REPLAYS, plan_cells, validate_plugins
 from harness.space import Choice, Fixed, IntRange
 from tests.conftest import ROOT, SMOKE, sdm_command
 
@@ -39,11 +39,11 @@ def test_paper_dry_run_works_offline_and_prices_the_run(tmp_path):
     assert "data.source 'LabHC/bias_in_bios' (a hub id" in unchecked
     assert "model.source 'google/bert_uncased_L-2_H-128_A-2' (a hub id)" in unchecked
     assert "defense_training.resources.gpu 1 (this machine has" in unchecked or os.environ.get("CUDA_VISIBLE_DEVICES")
-    assert "192 cells to run, at most 12480 trials (50 search + 15 reruns per cell)" in result.stdout
+    assert "192 cells to run, at most 12672 trials (50 search + 15 reruns + 1 replay per cell)" in result.stdout
     # 192 cells x 65 trials x 550 steps (the paper's 100..1000), half of them full fine-tuning at 16 x 64 -> 28 x 200
-    assert "finetune: 192 cells, at most 12,480 trials, 6,864,000 trial-steps (550 steps a trial)" in result.stdout
+    assert "finetune: 192 cells, at most 12,672 trials, 6,969,600 trial-steps (550 steps a trial)" in result.stdout
     [cost] = [line for line in result.stdout.splitlines() if line.startswith("cost: ")]
-    assert "6,864,000 trial-steps" in cost and " h of compute on this machine" in cost
+    assert "6,969,600 trial-steps" in cost and " h of compute on this machine" in cost
     assert "encoder steps at" in cost and "rows of checks and features at" in cost and MEASURED["bf16"].source in cost
     assert "defense training not included (900,000 steps to train)" in result.stdout
     assert not out.exists()
@@ -53,7 +53,7 @@ def test_dry_run_json_is_one_document_on_stdout(tmp_path):
     result, _ = offline_sdm("run", str(PAPER), "--dry-run", "--json", "--out", str(tmp_path / "run"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     plan = json.loads(result.stdout)  # stdout holds the document and nothing else
-    assert plan["cells_to_run"] == len(plan["cells"]) == 192 and plan["max_trials"] == 12480
+    assert plan["cells_to_run"] == len(plan["cells"]) == 192 and plan["max_trials"] == 12672
     assert {c["status"] for c in plan["cells"]} == {"to run"}
     assert any("hub id" in item for item in plan["not_checked"]) and "config" in plan["checked"]
     cost = plan["cost"]
@@ -162,12 +162,13 @@ def test_checks_are_priced_and_a_rerun_also_scores_test():
     cfg, cost = estimate("reproduce.yaml")
     finetune = {a.attack: a for a in cost.attacks}["finetune"]
     step = MEASURED["bf16"]
-    # 50-100 steps, checks every 50: a rerun checks twice (validation and test rows), then scores test once more;
-    # under ASHA (grace 50, factor 3) a search trial checks once, and a third of them a second time.
-    search_checks, rerun_checks = 1 + 1 / 3, 2
-    rows = (cfg.search.num_samples * search_checks * 300 + cfg.search.reruns * (rerun_checks * (300 + 600) + 600))
+    # 50-100 steps, checks every 50: a rerun checks twice (validation and test rows), then scores test once more, and
+    # so does the replay of the selected trial; under ASHA (grace 50, factor 3) a search trial checks once, and a
+    # third of them a second time.
+    search_checks, rerun_checks, scored = 1 + 1 / 3, 2, cfg.search.reruns + REPLAYS
+    rows = (cfg.search.num_samples * search_checks * 300 + scored * (rerun_checks * (300 + 600) + 600))
     assert finetune.checked_rows == pytest.approx(finetune.cells * rows, rel=0.01)
-    per_cell_steps = cfg.search.num_samples * finetune.search_steps + cfg.search.reruns * finetune.mean_steps
+    per_cell_steps = cfg.search.num_samples * finetune.search_steps + scored * finetune.mean_steps
     assert finetune.seconds == pytest.approx(
         finetune.cells * (per_cell_steps * step.step_seconds(8, 64) + step.forward_seconds(rows, 64)), rel=0.01)
     probe = {a.attack: a for a in cost.attacks}["probe"]
@@ -185,7 +186,7 @@ def test_benign_first_pays_its_benign_phase_in_every_trial():
     benign, reinit = attacks["benign-first"], attacks["reinit-top"]
     assert (benign.phases, benign.phase_steps) == (("benign_steps",), pytest.approx(150, rel=0.01))
     assert (reinit.phases, reinit.phase_steps) == ((), 0)
-    trials = cfg.search.num_samples + cfg.search.reruns
+    trials = cfg.search.num_samples + cfg.search.reruns + REPLAYS
     # ASHA cuts the harmful phase only: every trial runs its benign steps in full.
     assert benign.trial_steps - reinit.trial_steps == pytest.approx(benign.cells * trials * 150, rel=0.01)
     assert benign.seconds > reinit.seconds

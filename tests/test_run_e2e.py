@@ -38,6 +38,13 @@ def test_run_writes_trials_and_cells(smoke_run: SmokeRun):
         assert cell["best_val_accuracy"] == pytest.approx(best)
         assert cell["test_accuracy"] == pytest.approx(sum(t["test_accuracy"] for t in reruns) / 2)
         assert all(json.loads(t["hyperparameters"]) == json.loads(cell["best_hyperparameters"]) for t in reruns)
+        # the selected trial replayed with its own seed reproduces it exactly, and is then scored on test
+        [replay] = [t for t in rows if t["phase"] == "replay"]
+        [selected] = [t for t in search if t["status"] == "ok" and t["val_accuracy"] == best][:1]
+        same = ("trial_seed", "hyperparameters")
+        assert [replay[k] for k in same] == [selected[k] for k in same]
+        assert cell["found_val_accuracy"] == best and 0.0 <= cell["found_test_accuracy"] <= 1.0
+        assert replay["test_accuracy"] == cell["found_test_accuracy"]
         params = json.loads(search[0]["hyperparameters"])
         assert 5 <= params["steps"] <= 20 and params["batch_size"] in (8, 16) and params["mode"] in ("probe", "full")
     row = trials[0]
@@ -94,7 +101,7 @@ def test_a_labelled_entry_runs_beside_its_plugin_and_merges_onto_one_leaderboard
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path):
     result = sdm("run", str(SMOKE), "--out", str(tmp_path / "dry"), "--dry-run", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "8 cells to run, at most 40 trials" in result.stdout
+    assert "8 cells to run, at most 48 trials" in result.stdout
     assert not (tmp_path / "dry").exists()
 
 

@@ -109,7 +109,7 @@ def test_a_defense_s_cells_are_searched_while_another_defense_still_trains(local
     assert summary.failed == []
     slow = json.loads((local_ray / "seed-0.json").read_text())
     trials = [json.loads(p.read_text()) for p in local_ray.glob("trial-*.json")]
-    assert len(trials) == 2 * (2 + 1)  # both cells searched in full
+    assert len(trials) == 2 * (2 + 1 + 1)  # both cells searched in full, rerun and replayed
     # random-init's cell ran before the slow training ended (its own cell cannot start before then).
     assert min(t["start"] for t in trials) < slow["end"], (slow, trials)
     assert sum(t["start"] > slow["end"] for t in trials) >= 3  # the slow defense's cell: after its training

@@ -69,10 +69,12 @@ from harness.errors import UserError
 from harness.report import columns
 from harness.report.merge import (
     cell_flag,
+    found_beyond_reruns,
     limited_cells,
     mixed_weights_cautions,
     search_caution_text,
     shared_seeding_cautions,
+    unreproduced_text,
 )
 from harness.report.stats import (
     BLOCK_MARGIN,
@@ -118,18 +120,26 @@ COMPARATIVE_PAIRS = (("mlac", "adversarial"),)
 
 # -- search diagnostics -------------------------------------------------------------------------------------------
 def search_cautions(facts: list[DefenseFacts]) -> tuple[str, ...]:
-    """One caution per defense whose harmful attack searches were budget-limited."""
+    """One caution per defense whose harmful attack searches were budget-limited, and one per defense with a replay
+    that did not reproduce its selected trial."""
     out = []
     for f in facts:
-        text = search_caution_text(f.verdict_cells)
-        if text is None:
-            continue
         label = joined(f.cells, "defense_variant")
         name = f"{f.defense} [{label}]" if label else f.defense
-        consequence = ("its 'blocked' is not established" if f.verdict == BUDGET_LIMITED else
-                       "the attacker wanted more search, so its harmful accuracy may be underestimated")
-        out.append(f"defense '{name}': the attack search was budget-limited in {len(limited_cells(f.verdict_cells))} "
-                   f"of {len(f.verdict_cells)} harmful cells ({text}); {consequence}")
+        text = search_caution_text(f.verdict_cells, f.block_margin)
+        if text is not None:
+            found = any(found_beyond_reruns(c, f.block_margin) for c in f.verdict_cells)
+            wanted = "more search or reruns" if found else "more search"
+            consequence = ("its 'blocked' is not established" if f.verdict == BUDGET_LIMITED else
+                           f"the attacker wanted {wanted}, so its harmful accuracy may be underestimated")
+            out.append(f"defense '{name}': the attack search was budget-limited in "
+                       f"{len(limited_cells(f.verdict_cells, f.block_margin))} of {len(f.verdict_cells)} harmful "
+                       f"cells ({text}); {consequence}")
+        unreproduced = unreproduced_text(f.verdict_cells)
+        if unreproduced is not None:
+            out.append(f"defense '{name}': the replay of the selected trial did not reproduce its validation accuracy "
+                       f"in {unreproduced}: training was not deterministic there, so the found model's test accuracy "
+                       "is a sibling's")
     return tuple(out)
 
 
@@ -231,6 +241,8 @@ def defense_facts(
                          and c["budget"] in compared]
         limited = search_limited((cell_flag(c, "search_still_improving"), cell_flag(c, "search_at_edge"))
                                  for c in verdict_cells)
+        if any(found_beyond_reruns(c, margin) for c in verdict_cells):
+            limited = True  # the reruns understate the model the attacker found
         harmful_call = established(harmful_call, limited)
         utility_diffs = ({b: difference(desired[b].values, control[b].values)
                           for b in sorted(set(desired) & set(control))} if control else {})

@@ -253,13 +253,13 @@ SUMMARY_COLUMNS: tuple[Column, ...] = (
     Column("compute_cost_flag", pa.string(), lambda f: _at_max(f)[2]),
     Column("compute_cost_by_budget", pa.string(), lambda f: by_budget_text(f.compute)),  # "budget:steps", joined
     # Did the attacker's searches converge? Over the defense's ok harmful cells at the budgets its verdict compares:
-    # any still improving or at an edge of the space (then "blocked" is not established); null: unknown (cells
-    # written before the diagnostics).
+    # any still improving, at an edge of the space, or with its found model more than the block margin above its
+    # reruns on test (then "blocked" is not established); null: unknown (cells written before the diagnostics).
     Column("search_budget_limited", pa.bool_(), lambda f: f.search_limited),
     Column("search_still_improving_cells", pa.int64(),
            lambda f: _count(f.verdict_cells, "search_still_improving")),
     Column("search_at_edge_cells", pa.int64(), lambda f: _count(f.verdict_cells, "search_at_edge")),
-    Column("search_cautions", pa.string(), lambda f: search_caution_text(f.verdict_cells)),  # which, where
+    Column("search_cautions", pa.string(), lambda f: search_caution_text(f.verdict_cells, f.block_margin)),
 )
 
 

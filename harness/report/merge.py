@@ -7,6 +7,7 @@ defense weights shared across seeds, attack searches that had not converged) bec
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from harness.report.tables import ROLES
 from harness.results import CELL_SCHEMA, CURVE_SCHEMA, SCHEMA_VERSION, conform, read_cells, read_curves
 
 SHARED_SEEDING = "shared"
+REPRODUCED_TOLERANCE = 1e-9  # a replay reproduces its trial when their validation accuracies agree this closely
 
 
 def shared_seeding_cautions(rows: list[dict]) -> tuple[str, ...]:
@@ -67,26 +69,54 @@ def search_counts(cells: list[dict[str, Any]]) -> dict[str, Any]:
             "n_at_edge": sum(bool(cell_flag(c, "search_at_edge")) for c in known), "search_edges": ",".join(edges)}
 
 
-def limited_cells(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The cells whose search was still improving or selected a configuration at an edge of the space."""
-    return [c for c in cells if cell_flag(c, "search_still_improving") or cell_flag(c, "search_at_edge")]
+def found_beyond_reruns(cell: dict[str, Any], margin: float) -> bool | None:
+    """Did the cell's found model (its selected trial, replayed with its own seed) score more than `margin` above its
+    reruns' mean on test? Then the cell's test accuracy understates what the attacker holds: its configuration broke
+    the defense on its own seed and not on the fresh ones. None: no replay (cells written before it existed)."""
+    found, reruns = cell.get("found_test_accuracy"), cell.get("test_accuracy")
+    return None if found is None or reruns is None else found - reruns > margin
 
 
-def search_caution_text(cells: list[dict[str, Any]]) -> str | None:
-    """What was budget-limited among a defense's harmful cells, by attack and budget with their seeds:
-    "still improving: finetune@200 (seeds 0,2); at an edge: finetune@20 (seed 1: lr:high)"; None when nothing."""
-    def where(chosen: list[dict[str, Any]], edges: bool) -> str:
-        parts: dict[tuple, list[str]] = {}
-        for c in sorted(chosen, key=lambda c: (c["attack"], c["budget"], c["seed"])):
-            seed = str(c["seed"]) + (f": {c.get('search_edges')}" if edges else "")
-            parts.setdefault((c["attack"], c["budget"]), []).append(seed)
-        return ", ".join(f"{a}@{b} (seed{'s' if len(v) > 1 else ''} {'; '.join(v)})" for (a, b), v in parts.items())
+def limited_cells(cells: list[dict[str, Any]], margin: float) -> list[dict[str, Any]]:
+    """The cells whose search was still improving or selected a configuration at an edge of the space, or whose
+    found model beat its reruns by more than `margin`: the attacker wanted more search, or more reruns."""
+    return [c for c in cells if cell_flag(c, "search_still_improving") or cell_flag(c, "search_at_edge")
+            or found_beyond_reruns(c, margin)]
 
+
+def _where(chosen: list[dict[str, Any]], detail: Callable[[dict[str, Any]], Any] | None = None) -> str:
+    """Cells by attack and budget with their seeds: "finetune@200 (seeds 0; 2), probe@20 (seed 1: lr:high)"."""
+    parts: dict[tuple, list[str]] = {}
+    for c in sorted(chosen, key=lambda c: (c["attack"], c["budget"], c["seed"])):
+        parts.setdefault((c["attack"], c["budget"]), []).append(str(c["seed"]) + (f": {detail(c)}" if detail else ""))
+    return ", ".join(f"{a}@{b} (seed{'s' if len(v) > 1 else ''} {'; '.join(v)})" for (a, b), v in parts.items())
+
+
+def _versus(first: str, second: str) -> Callable[[dict[str, Any]], str]:
+    return lambda c: f"{c[first]:.3f} vs {c[second]:.3f}"
+
+
+def search_caution_text(cells: list[dict[str, Any]], margin: float) -> str | None:
+    """What was budget-limited among a defense's harmful cells (`limited_cells`), by attack and budget with their
+    seeds: "still improving: finetune@200 (seeds 0; 2); at an edge of the space: finetune@20 (seed 1: lr:high)";
+    None when nothing."""
     late = [c for c in cells if cell_flag(c, "search_still_improving")]
     edge = [c for c in cells if cell_flag(c, "search_at_edge")]
-    texts = ([f"still improving: {where(late, False)}"] if late else []) + (
-        [f"at an edge of the space: {where(edge, True)}"] if edge else [])
+    found = [c for c in cells if found_beyond_reruns(c, margin)]
+    texts = ([f"still improving: {_where(late)}"] if late else []) + (
+        [f"at an edge of the space: {_where(edge, lambda c: c.get('search_edges'))}"] if edge else []) + (
+        [f"found model above its reruns on test: {_where(found, _versus('found_test_accuracy', 'test_accuracy'))}"]
+        if found else [])
     return "; ".join(texts) or None
+
+
+def unreproduced_text(cells: list[dict[str, Any]]) -> str | None:
+    """The cells whose replay did not reproduce the selected trial's validation accuracy (training was not
+    deterministic there, so the found model is a sibling of the selected one), as "finetune@50 (seed 3: 0.700 vs
+    0.710)"; None when every replay reproduced its trial, or no cell has one."""
+    off = [c for c in cells if c.get("found_val_accuracy") is not None and c.get("best_val_accuracy") is not None
+           and abs(c["found_val_accuracy"] - c["best_val_accuracy"]) > REPRODUCED_TOLERANCE]
+    return _where(off, _versus("found_val_accuracy", "best_val_accuracy")) if off else None
 
 
 # -- merging runs -------------------------------------------------------------------------------------------------
