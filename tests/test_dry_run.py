@@ -57,7 +57,7 @@ def test_dry_run_json_is_one_document_on_stdout(tmp_path):
     assert {c["status"] for c in plan["cells"]} == {"to run"}
     assert any("hub id" in item for item in plan["not_checked"]) and "config" in plan["checked"]
     cost = plan["cost"]
-    assert cost["trial_steps"] == pytest.approx(192 * 65 * 550)
+    assert cost["trial_steps"] == pytest.approx(192 * 66 * 550)  # 50 search, 15 reruns, 1 replay
     assert cost["priced_steps"] == pytest.approx(cost["trial_steps"] / 2)  # finetune's probe mode is not priced
     assert cost["hours"] > 0 and cost["step"]["source"] == MEASURED["bf16"].source
 

@@ -657,3 +657,13 @@ def test_a_published_folder_with_trial_curves_rebuilds_its_merged_board(tmp_path
         "per-trial ones: compute cost and the harmful-steps plot leave its cells out"]
     for name in ("leaderboard", "comparisons", "curves"):
         assert getattr(tables, name).equals(pq.read_table(published / f"{name}.parquet")), name
+
+
+def test_the_published_strong_attacks_board_rebuilds_from_its_two_cells_files():
+    # results/reproduce-strong-attacks/ merges seed 3's run (cells.parquet) with seeds 4 and 5 (cells-s45.parquet,
+    # its per-trial curves beside it as trial-curves-s45.parquet): its tables rebuild from those files alone.
+    published = ROOT / "results" / "reproduce-strong-attacks"
+    tables = board_tables([published / "cells.parquet", published / "cells-s45.parquet"])
+    assert {c["seed"] for c in tables.cells.to_pylist()} == {3, 4, 5}
+    for name in ("leaderboard", "comparisons", "curves"):
+        assert getattr(tables, name).equals(pq.read_table(published / f"{name}.parquet")), name
