@@ -274,15 +274,16 @@ def run_cell(
     reruns = []
     for i, ((_, seed), outcome) in enumerate(zip(jobs, outcomes)):
         ok = isinstance(outcome, dict)
-        trial_id = f"rerun-{i}" if i < len(seeds) else REPLAY
+        phase = "rerun" if i < len(seeds) else REPLAY
+        trial_id = f"rerun-{i}" if phase == "rerun" else REPLAY
         if ok:
             ran_on[trial_id] = RanOn(outcome["hardware"], outcome["precision"])
-        if ok and trial_id != REPLAY:  # the replay's checks repeat the selected trial's own
+        if ok and phase == "rerun":  # the replay's checks repeat the selected trial's own
             curves += [CurvePoint(trial_id, "rerun", step, split, accuracy)
                        for split, key in (("validation", "val_curve"), ("test", "test_curve"))
                        for step, accuracy in outcome.get(key, [])]
         reruns.append(TrialResult(
-            phase="rerun" if trial_id != REPLAY else REPLAY,
+            phase=phase,
             trial_id=trial_id,
             trial_seed=seed,
             hyperparameters=best.hyperparameters,
