@@ -45,14 +45,16 @@ def smoke_fingerprint_and_test_labels() -> tuple[str, dict[str, np.ndarray]]:
 def run_with_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three defenses, two attacks, both roles, three budgets, three seeds, measured on the smoke config's data."""
     fingerprint, _ = smoke_fingerprint_and_test_labels()
-    cells = [cell(d, a, role, b, s, base + b / 1000 + s / 100 + (0.02 if a == "probe" else 0),
-                  data_fingerprint=fingerprint, data_id="standin (harness/data/standin/data)",
-                  best_hyperparameters=json.dumps({"lr": 3e-4 * (s + 1), "steps": 40 + b}))
+    # the found model (the selected trial replayed with its own seed) a little above its reruns on test
+    cells = [cell(d, a, role, b, s, acc, data_fingerprint=fingerprint, data_id="standin (harness/data/standin/data)",
+                  best_hyperparameters=json.dumps({"lr": 3e-4 * (s + 1), "steps": 40 + b}),
+                  found_val_accuracy=acc, found_test_accuracy=acc + 0.004)
              for d, base in DEFENSES.items()
              for a in ("finetune", "probe")
              for role in ("harmful", "desired")
              for b in (20, 50, 200)
-             for s in range(3)]
+             for s in range(3)
+             for acc in [base + b / 1000 + s / 100 + (0.02 if a == "probe" else 0)]]
     run = write_run(tmp_path_factory.mktemp("page") / "run-a", cells)
     (run / "run.json").write_text(json.dumps({"experiment": "smoke",
                                               "config": load_config(SMOKE).model_dump(mode="json")}))
@@ -206,6 +208,10 @@ def test_the_page_in_headless_chromium(tmp_path: Path, run_with_config: Path, br
     assert len(rows) == 2 * 2 * 3 * 3  # attacks x roles x budgets x seeds
     assert sum("chosen" in r.get_attribute("class").split() for r in rows) == 2 * 3 * 3  # one attack per seed
     assert "lr=0.0003, steps=60" in mlac.text
+    headers = [th.text for th in mlac.find_elements(By.CSS_SELECTOR, "thead th")]
+    found = next(i for i, h in enumerate(headers) if h.startswith("found model: val / test acc"))
+    # mlac, finetune, harmful, budget 20, seed 0: 0.52 + 0.020 on validation, 0.004 more on test
+    assert rows[0].find_elements(By.TAG_NAME, "td")[found].text == "0.540 / 0.544"
     hrefs = [a.get_attribute("href") for a in mlac.find_elements(By.CSS_SELECTOR, "tbody a")]
     assert len(hrefs) == 2 * len(rows)
     assert all(Path(unquote(h.removeprefix("file://"))).is_file() for h in hrefs)

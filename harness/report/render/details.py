@@ -44,6 +44,8 @@ class CellDetail:
     val_accuracy: float | None
     test_accuracy: float | None  # mean over the reruns of the selected configuration
     test_accuracy_std: float | None  # over those reruns
+    found_val_accuracy: float | None  # the selected trial replayed with its own seed (null in runs before the replay)
+    found_test_accuracy: float | None
     files: CellFiles
 
 
@@ -146,7 +148,8 @@ def defense_details(tables: LeaderboardTables) -> list[DefenseDetail]:
             status=r["status"], chosen=(defense, r["task_role"], r["budget"], r["seed"], r["attack"]) in chosen,
             hyperparameters=hyperparameter_text(r["best_hyperparameters"]), n_trials=r["n_trials"],
             val_accuracy=r["best_val_accuracy"], test_accuracy=r["test_accuracy"],
-            test_accuracy_std=r["test_accuracy_std"],
+            test_accuracy_std=r["test_accuracy_std"], found_val_accuracy=r.get("found_val_accuracy"),
+            found_test_accuracy=r.get("found_test_accuracy"),
             files=tables.files.get(r["cell_id"], CellFiles(None, None)),
         ) for r in mine)
         details.append(DefenseDetail(defense, labels.get(defense, defense), summary["verdict"], cells))

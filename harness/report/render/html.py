@@ -114,11 +114,17 @@ def summary_csv(tables: LeaderboardTables) -> str:
     return out.getvalue()
 
 
+def accuracy_text(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
 def drilldown(detail: DefenseDetail) -> str:
+    # Runs before the found model was replayed have none: their tables keep the columns they always had.
+    found = any(c.found_test_accuracy is not None for c in detail.cells)
     text_columns = {"attack", "status", "worst case", "selected configuration", "files"}
     head = "".join(f'<th class="text">{h}</th>' if h in text_columns else f"<th>{h}</th>" for h in (
         "task", "attack", "budget", "seed", "status", "worst case", "selected configuration", "trials", "val acc",
-        "test acc (± reruns)", "files"))
+        "test acc (± reruns)", *(["found model: val / test acc"] if found else []), "files"))
     rows = []
     for c in detail.cells:
         test = "—" if c.test_accuracy is None else f"{c.test_accuracy:.3f}" + (
@@ -128,7 +134,9 @@ def drilldown(detail: DefenseDetail) -> str:
         cells = [(f"{c.role}: {c.task}", ""), (c.attack, "text"), (str(c.budget), ""), (str(c.seed), ""),
                  (c.status, "text"), ("chosen" if c.chosen else "", "text"), (c.hyperparameters, "text"),
                  ("—" if c.n_trials is None else str(c.n_trials), ""),
-                 ("—" if c.val_accuracy is None else f"{c.val_accuracy:.3f}", ""), (test, "")]
+                 (accuracy_text(c.val_accuracy), ""), (test, "")]
+        if found:
+            cells.append((f"{accuracy_text(c.found_val_accuracy)} / {accuracy_text(c.found_test_accuracy)}", ""))
         body = "".join(f'<td class="{kind}">{e(text)}</td>' if kind else f"<td>{e(text)}</td>" for text, kind in cells)
         files = " · ".join(links) or "not published"
         rows.append(f'<tr class="{"chosen" if c.chosen else "other"}">{body}<td class="text">{files}</td></tr>')
