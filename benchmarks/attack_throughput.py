@@ -22,11 +22,17 @@ table's `wall_seconds`: the attack worker's whole `run`, so it also holds reload
 model and, on a worker's first trial, the worker's warm-up: imports, fetching the cell's payload, building the model;
 the report shows first trials apart), plus the frozen-feature phase counted on every slot (the driver uses the whole
 machine for it while the workers wait).
+With `--cells N` the grid is searched in N cells (seeds 0..N-1, each its own budget sample), as a plan of cells is:
+sdm-bench searches them at once (`cluster.cells_at_once: N`), sharing its workers; Trainer searches them one after the
+other. Then sdm-bench's wall time also holds its reruns and replays (they overlap the other cells' searches), which
+Trainer does not run: that counts against sdm-bench.
 Trainer's compute is its training loop (`on_train_begin` to `on_train_end`) plus `eval_runtime`. sdm-bench's rerun of
 the selected configuration is no part of the grid: its time is reported apart and left out of the wall time.
 
     .venv/bin/python benchmarks/attack_throughput.py --trials 12 --layers 2 --max-length 64
     .venv/bin/python benchmarks/attack_throughput.py --trials 12 --layers 2 --max-length 64 --precision bf16
+    .venv/bin/python benchmarks/attack_throughput.py --trials 12 --layers 2 --max-length 64 --precision bf16 \
+        --trainer-threads 1 --grids full --cells 4
 
 Needs `accelerate` (for `Trainer`), listed in the `bench` extra: `.venv/bin/pip install -e '.[bench]'`.
 """
@@ -48,7 +54,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-SEED = 0  # the cell's seed (budget sample) on both sides
+SEED = 0  # the first cell's seed (budget sample) on both sides; `--cells N` adds the next N - 1
 BATCH_SIZES = (12, 24, 48)  # the paper's set
 # log10 ranges the grid draws learning rates from: a linear head on frozen features wants larger rates than the
 # whole encoder (inside the paper's [1e-5, 1e-2]).
@@ -91,15 +97,16 @@ def experiment(opts: argparse.Namespace, grid: list[dict[str, Any]], out: Path) 
         "data": {"source": "standin", "validation_size": opts.val_size, "test_size": opts.test_size},
         "tasks": {"attacked": ["harmful"]},
         "budgets": [opts.budget],
-        "seeds": [SEED],
+        "seeds": list(range(SEED, SEED + opts.cells)),
         "defenses": [{"name": "bert", "params": {"steps": 0}}],  # the pretrained encoder as it is
         "attacks": [{"name": "finetune", "space": space}],
         "search": {
             "num_samples": len(grid),
             "max_concurrent": opts.concurrent,
             "plateau_patience": len(grid),  # never stop before the grid is done
-            "reruns": 1,  # the fewest the protocol allows; timed apart
+            "reruns": 1,  # the fewest the protocol allows; timed apart (one cell)
         },
+        "cluster": {"cells_at_once": opts.cells},
         "output": str(out),
     }
 
@@ -146,6 +153,7 @@ SDM_PHASES = [
     ("rerun (not in the grid)", "run_all<"),
     ("tables, shutdown", None),
 ]
+CELLS_PHASE = "the cells' searches, reruns and replays, overlapping"  # with --cells N > 1
 
 
 def warm_started_searcher(points: list[dict[str, Any]], t0: float, clock_file: Path) -> Any:
@@ -170,8 +178,9 @@ def warm_started_searcher(points: list[dict[str, Any]], t0: float, clock_file: P
                 clock.wrap(owner, name)
             try:
                 return super().search(*args)
-            finally:
-                clock_file.write_text(json.dumps(clock.calls))
+            finally:  # one file per cell's searcher; the phases span them all
+                clock_file.with_name(f"{clock_file.stem}-{os.getpid()}-{id(self)}.json").write_text(
+                    json.dumps(clock.calls))
 
     return ray.remote(num_cpus=0)(WarmStartedSearcher)
 
@@ -199,7 +208,10 @@ def run_sdm(opts: argparse.Namespace, grid: list[dict[str, Any]], workdir: Path,
     end = clock.now()
     if summary.failed:
         raise RuntimeError(f"sdm run failed: {summary.failed}")
-    clock.calls.update({name: tuple(span) for name, span in json.loads(searcher_clock.read_text()).items()})
+    for file in workdir.glob(f"{searcher_clock.stem}-*.json"):  # the cells' searchers: first start, last end
+        for name, (start, stop) in json.loads(file.read_text()).items():
+            first, last = clock.calls.get(name, (start, stop))
+            clock.calls[name] = (min(first, start), max(last, stop))
 
     marks = [0.0]
     for _, mark in SDM_PHASES:
@@ -209,18 +221,29 @@ def run_sdm(opts: argparse.Namespace, grid: list[dict[str, Any]], workdir: Path,
             start, stop = clock.calls.get(mark[:-1], (marks[-1], marks[-1]))  # a phase that did not run is empty
             marks.append(start if mark.endswith(">") else stop)
     phases = {name: b - a for (name, _), a, b in zip(SDM_PHASES, marks, marks[1:])}
+    if opts.cells > 1:  # the cells' searches and reruns overlap: one phase, from the first cell's start to the last end
+        per_cell = [name for name, _ in SDM_PHASES[6:10]]
+        overlapping = sum(phases.pop(name) for name in per_cell)
+        shutdown = phases.pop(SDM_PHASES[-1][0])
+        phases.update({CELLS_PHASE: overlapping, SDM_PHASES[-1][0]: shutdown})
 
-    # Rows come in the order Tune created the trials; the first `concurrent` ran on fresh workers.
-    rows = [r for r in read_trials(cfg.run_dir()).to_pylist() if r["phase"] == "search"]
-    trained = [{k: json.loads(r["hyperparameters"])[k] for k in keys} for r in rows]
-    if trained != [{k: c[k] for k in keys} for c in grid] or any(r["status"] != "ok" for r in rows):
-        raise RuntimeError(f"the search did not train the grid: {trained}, {[r['status'] for r in rows]}")
-    trials = [{"mode": config["mode"], "compute": row["wall_seconds"], "val_accuracy": row["val_accuracy"]}
-              for config, row in zip(grid, rows)]
-    rerun = phases["rerun (not in the grid)"]
+    # Rows come in the order Tune created the trials, cell by cell; the first `concurrent` ran on fresh workers.
+    every = [r for r in read_trials(cfg.run_dir()).to_pylist() if r["phase"] == "search"]
+    trials = []
+    for cell_id in sorted({r["cell_id"] for r in every}):
+        rows = [r for r in every if r["cell_id"] == cell_id]
+        trained = [{k: json.loads(r["hyperparameters"])[k] for k in keys} for r in rows]
+        if trained != [{k: c[k] for k in keys} for c in grid] or any(r["status"] != "ok" for r in rows):
+            raise RuntimeError(f"{cell_id} did not train the grid: {trained}, {[r['status'] for r in rows]}")
+        trials += [{"mode": config["mode"], "compute": row["wall_seconds"], "val_accuracy": row["val_accuracy"]}
+                   for config, row in zip(grid, rows)]
+    if len(trials) != opts.cells * len(grid):
+        raise RuntimeError(f"{len(trials)} search trials, not {opts.cells} cells of {len(grid)}")
+    # One cell: its rerun follows its search and is left out. Several: the reruns overlap other cells' searches.
+    rerun = phases["rerun (not in the grid)"] if opts.cells == 1 else 0.0
     return {
         "wall": end - rerun,
-        "search_wall": phases["search: Tuner.fit"],
+        "search_wall": phases["search: Tuner.fit" if opts.cells == 1 else CELLS_PHASE],
         "slots": opts.concurrent,
         # The driver encodes frozen features with every core while the workers wait: compute on every slot.
         "extra_compute": opts.concurrent * phases["frozen features, payload put"],
@@ -249,9 +272,8 @@ def run_trainer(opts: argparse.Namespace, grid: list[dict[str, Any]], workdir: P
     cfg = ExperimentConfig.model_validate(experiment(opts, grid, workdir / "run"))
     task = cfg.tasks.harmful
     num_labels = cfg.data.labels[task]
-    # The rows sdm-bench's cell trains and validates on (same sampling code, same seeds).
+    # The rows sdm-bench's cells train and validate on (same sampling code, same seeds).
     prepared = prepare_data(cfg)
-    train = prepared.attack_pool.subset(prepared.budget_rows[(task, SEED)][opts.budget])
 
     def dataset(split: Any) -> Dataset:
         ids = [split.ids[a:b].tolist() for a, b in zip(split.offsets[:-1], split.offsets[1:])]
@@ -327,19 +349,22 @@ def run_trainer(opts: argparse.Namespace, grid: list[dict[str, Any]], workdir: P
         disable_tqdm=True,
         seed=SEED,
     )
-    trainer = Trainer(model_init=model_init, args=args, train_dataset=dataset(train),
-                      eval_dataset=dataset(prepared.val), processing_class=load_tokenizer(cfg.model),
-                      compute_metrics=accuracy, callbacks=[compute])
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    tokenizer = load_tokenizer(cfg.model)
     search_start = clock.now()
-    trainer.hyperparameter_search(
-        backend="optuna", direction="maximize", n_trials=len(grid), hp_space=hp_space,
-        compute_objective=lambda metrics: metrics["eval_accuracy"],
-        sampler=optuna.samplers.GridSampler({"config": choices}, seed=0),
-    )
+    for seed in cfg.seeds:  # one search per cell, one after the other, as a loop over a plan would run them
+        train = prepared.attack_pool.subset(prepared.budget_rows[(task, seed)][opts.budget])
+        trainer = Trainer(model_init=model_init, args=args, train_dataset=dataset(train),
+                          eval_dataset=dataset(prepared.val), processing_class=tokenizer,
+                          compute_metrics=accuracy, callbacks=[compute])
+        trainer.hyperparameter_search(
+            backend="optuna", direction="maximize", n_trials=len(grid), hp_space=hp_space,
+            compute_objective=lambda metrics: metrics["eval_accuracy"],
+            sampler=optuna.samplers.GridSampler({"config": choices}, seed=0),
+        )
     end = clock.now()
-    if sorted(order) != choices:
-        raise RuntimeError(f"the search did not train each configuration once: {order}")
+    if sorted(order) != sorted(choices * len(cfg.seeds)):
+        raise RuntimeError(f"the searches did not train each configuration once a cell: {order}")
     for trial, index in zip(compute.trials, order, strict=True):
         trial["mode"] = grid[index]["mode"]
     return {"wall": end, "search_wall": end - search_start, "slots": 1, "extra_compute": 0.0,
@@ -402,7 +427,9 @@ def report(opts: argparse.Namespace, results: dict[str, dict[str, dict[str, Any]
             for side in ("sdm", "trainer"):
                 s = summaries[side]
                 wall, compute, overhead = s[measure]
-                lines.append(f"| {kind} | {label[side]} | {s['n']} | {measure} | {wall:.0f} | "
+                # several cells: sdm-bench's search phase also holds the reruns and replays that overlap it
+                shown = measure if opts.cells == 1 or measure != "search only" else "searches (sdm: with reruns)"
+                lines.append(f"| {kind} | {label[side]} | {s['n']} | {shown} | {wall:.0f} | "
                              f"{3600 * s['n'] / wall:.0f} | {compute:.0f} | {sides[side]['slots']} | "
                              f"{overhead:.0%} | {s['n'] / wall / base:.2f}x |")
     lines += ["", "Compute per trial, mean seconds (trials); the first trial on each of a side's slots apart:", "",
@@ -417,7 +444,7 @@ def report(opts: argparse.Namespace, results: dict[str, dict[str, dict[str, Any]
             lines.append(f"| {kind} | {label[side]} | " + " | ".join(cells) + " |")
     lines += ["", "sdm-bench's phases (seconds):", "", "| phase | " + " | ".join(results) + " |",
               "|---|" + "---|" * len(results)]
-    for phase, _ in SDM_PHASES:
+    for phase in next(iter(results.values()))["sdm"]["phases"]:
         lines.append(f"| {phase} | " + " | ".join(f"{sides['sdm']['phases'][phase]:.1f}"
                                                    for sides in results.values()) + " |")
     lines += ["", "Load average (1, 5, 15 min) before / after each side:", ""]
@@ -431,7 +458,8 @@ def report(opts: argparse.Namespace, results: dict[str, dict[str, dict[str, Any]
               f"{torch.get_num_threads()} threads), transformers {transformers.__version__}, ray {ray.__version__}, "
               f"Python {platform.python_version()}. Grid: {opts.trials} trials, steps {opts.steps}, "
               f"budget {opts.budget}, encoder layers {opts.layers}, max_length {opts.max_length}, "
-              f"validation rows {opts.val_size}, precision {opts.precision} on both sides; "
+              f"validation rows {opts.val_size}, {opts.cells} cell{'s' * (opts.cells > 1)}, precision {opts.precision} on "
+              "both sides; "
               f"sdm-bench runs {opts.concurrent} trials at once (1 thread each), Trainer one."]
     return "\n".join(lines)
 
@@ -456,6 +484,8 @@ def main() -> None:
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                         help="both sides: fp32, or bf16 autocast with float32 weights (sdm-bench's model.precision, "
                              "Trainer's bf16=True)")
+    parser.add_argument("--cells", type=int, default=1,
+                        help="search the grid in this many cells (seeds): sdm-bench at once, Trainer one by one")
     parser.add_argument("--keep", type=Path, help="keep each side's results, logs and run directory here")
     opts = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
