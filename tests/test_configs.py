@@ -77,6 +77,7 @@ def test_paper_config_dry_run_plans_the_full_protocol(tmp_path: Path) -> None:
     ("reproduce-strong-attacks.yaml", "reproduce-strong-attacks/cells.parquet"),
     ("reproduce-strong-attacks-s45.yaml", "reproduce-strong-attacks/cells-s45.parquet"),
     ("reproduce-mlac-k.yaml", "reproduce-mlac-k/cells.parquet"),
+    ("reproduce-peers.yaml", "reproduce-peers/cells.parquet"),
     ("reproduce-short-attack.yaml", "reproduce-protocol1/cells.parquet"),
     ("reproduce-peers-short-attack.yaml", "reproduce-protocol1/cells-peers.parquet"),
     ("reproduce-mlac-mixed.yaml", "reproduce-diagnostics/cells-mlac-mixed.parquet"),

@@ -667,3 +667,18 @@ def test_the_published_strong_attacks_board_rebuilds_from_its_two_cells_files():
     assert {c["seed"] for c in tables.cells.to_pylist()} == {3, 4, 5}
     for name in ("leaderboard", "comparisons", "curves"):
         assert getattr(tables, name).equals(pq.read_table(published / f"{name}.parquet")), name
+
+
+def test_the_published_peers_board_rebuilds_and_repnoise_falls():
+    # results/reproduce-peers/ merges the reproduction's published cells (its random-init is the peers' floor, its bert
+    # their control, same seeds and pools) with the peers' run, whose per-trial curves lie beside it.
+    published = ROOT / "results" / "reproduce-peers"
+    tables = board_tables([ROOT / "results" / "reproduce" / "cells.parquet", published / "cells.parquet"])
+    for name in ("leaderboard", "comparisons", "curves"):
+        assert getattr(tables, name).equals(pq.read_table(published / f"{name}.parquet")), name
+    verdicts = {r["defense"]: r["verdict"] for r in tables.summary.to_pylist()}
+    # What the README says: repnoise falls to this attacker (its gap's lower bound is above the margin), sophon is
+    # inconclusive, and both carry found models above their reruns.
+    assert verdicts["repnoise"] == "not blocked" and verdicts["sophon"] == "inconclusive"
+    found = [c for c in tables.cautions if "found model above its reruns" in c]
+    assert {c.split("'")[1] for c in found} == {"repnoise", "sophon"}
