@@ -11,7 +11,8 @@ steps, batch size, mode probe | full; AdamW without weight decay, constant rate)
   proposes exactly the grid's configurations.
 - `trainer`: what a user would otherwise write: `Trainer(model_init=...)` and
   `trainer.hyperparameter_search(backend="optuna", hp_space=..., n_trials=N)`, with Optuna's `GridSampler` over the
-  grid's indices so each configuration is trained once. A probe trial freezes the encoder, which still runs forward
+  grid's indices so each configuration is trained once. Each epoch's last, partial batch is dropped, so every step
+  trains a full batch on both sides. A probe trial freezes the encoder, which still runs forward
   at every step. Trainer runs with torch's default threads (one per core) unless `--trainer-threads` says otherwise.
 
 Each side runs in its own process (imports included in its time), one after the other; with two grids (`mixed`:
@@ -342,6 +343,9 @@ def run_trainer(opts: argparse.Namespace, grid: list[dict[str, Any]], workdir: P
         lr_scheduler_type="constant",
         weight_decay=0.0,
         per_device_eval_batch_size=EVAL_BATCH,
+        # Every step a full batch, as sdm-bench's sampled batches are: else an epoch of 100 rows ends in a batch of
+        # 4 (at 48: one step in three), and Trainer's trials would train fewer examples for the same steps.
+        dataloader_drop_last=True,
         eval_strategy="no",  # one evaluation after training, as sdm-bench's trials do
         save_strategy="no",
         logging_strategy="no",
