@@ -223,7 +223,8 @@ def run_sdm(opts: argparse.Namespace, grid: list[dict[str, Any]], workdir: Path,
             marks.append(start if mark.endswith(">") else stop)
     phases = {name: b - a for (name, _), a, b in zip(SDM_PHASES, marks, marks[1:])}
     if opts.cells > 1:  # the cells' searches and reruns overlap: one phase, from the first cell's start to the last end
-        per_cell = [name for name, _ in SDM_PHASES[6:10]]
+        names = [name for name, _ in SDM_PHASES]
+        per_cell = names[names.index("Tuner setup"):names.index("rerun (not in the grid)") + 1]
         overlapping = sum(phases.pop(name) for name in per_cell)
         shutdown = phases.pop(SDM_PHASES[-1][0])
         phases.update({CELLS_PHASE: overlapping, SDM_PHASES[-1][0]: shutdown})
@@ -462,8 +463,8 @@ def report(opts: argparse.Namespace, results: dict[str, dict[str, dict[str, Any]
               f"{torch.get_num_threads()} threads), transformers {transformers.__version__}, ray {ray.__version__}, "
               f"Python {platform.python_version()}. Grid: {opts.trials} trials, steps {opts.steps}, "
               f"budget {opts.budget}, encoder layers {opts.layers}, max_length {opts.max_length}, "
-              f"validation rows {opts.val_size}, {opts.cells} cell{'s' * (opts.cells > 1)}, precision {opts.precision} on "
-              "both sides; "
+              f"validation rows {opts.val_size}, {opts.cells} cell{'s' * (opts.cells > 1)}, "
+              f"precision {opts.precision} on both sides; "
               f"sdm-bench runs {opts.concurrent} trials at once (1 thread each), Trainer one."]
     return "\n".join(lines)
 

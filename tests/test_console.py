@@ -16,8 +16,8 @@ import pytest
 from rich.progress import Progress
 from rich.table import Table
 
-from harness.plan import REPLAYS
 from harness.console import TUNE_CONTROLLER_LOGGER, StepBar, TrialsBar, make_console, print_wide, quiet_libraries
+from harness.plan import REPLAYS
 from tests.conftest import ROOT, SmokeRun
 
 ANSI = re.compile(r"\x1b\[")

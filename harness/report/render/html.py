@@ -127,8 +127,8 @@ def drilldown(detail: DefenseDetail) -> str:
         "test acc (± reruns)", *(["found model: val / test acc"] if found else []), "files"))
     rows = []
     for c in detail.cells:
-        test = "—" if c.test_accuracy is None else f"{c.test_accuracy:.3f}" + (
-            "" if c.test_accuracy_std is None else f" ± {c.test_accuracy_std:.3f}")
+        spread = c.test_accuracy is not None and c.test_accuracy_std is not None
+        test = accuracy_text(c.test_accuracy) + (f" ± {c.test_accuracy_std:.3f}" if spread else "")
         links = [f'<a href="{e(quote(path))}">{name}</a>' for name, path in
                  (("config", c.files.config), ("trials", c.files.trials)) if path]
         cells = [(f"{c.role}: {c.task}", ""), (c.attack, "text"), (str(c.budget), ""), (str(c.seed), ""),
