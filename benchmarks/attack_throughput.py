@@ -54,6 +54,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks.processes import CpuLedger  # noqa: E402  (needs ROOT on the path)
 
 SEED = 0  # the first cell's seed (budget sample) on both sides; `--cells N` adds the next N - 1
 BATCH_SIZES = (12, 24, 48)  # the paper's set
@@ -395,12 +396,13 @@ def run_side(side: str, opts: argparse.Namespace, grid: list[dict[str, Any]], wo
     spec, result, log = workdir / "spec.json", workdir / "result.json", workdir / "log.txt"
     spec.write_text(json.dumps({"opts": vars(opts), "grid": grid, "workdir": str(workdir)}, default=str))
     load_before = os.getloadavg()
-    with log.open("w") as out:
+    with log.open("w") as out, CpuLedger() as cpu:
         code = subprocess.call([sys.executable, __file__, "--child", side, str(spec), str(result)],
                                stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
     if code != 0:
         sys.exit(f"{side} side failed (exit {code}); last lines of {log}:\n" + "".join(log.open().readlines()[-30:]))
-    return {**json.loads(result.read_text()), "load": (load_before, os.getloadavg())}
+    return {**json.loads(result.read_text()), "load": (load_before, os.getloadavg()),
+            "cpu": {"wall": cpu.wall, "by_kind": cpu.by_kind()}}
 
 
 def summarise(r: dict[str, Any]) -> dict[str, Any]:
@@ -452,6 +454,19 @@ def report(opts: argparse.Namespace, results: dict[str, dict[str, dict[str, Any]
     for phase in next(iter(results.values()))["sdm"]["phases"]:
         lines.append(f"| {phase} | " + " | ".join(f"{sides['sdm']['phases'][phase]:.1f}"
                                                    for sides in results.values()) + " |")
+    cores = os.cpu_count() or 1
+    lines += ["", f"Where the machine's CPU went while each side's process ran (every process, sampled from /proc; "
+              f"share of {cores} cores x that wall time; `AttackWorker` is sdm-bench's trials, the side's own "
+              "process is `attack_throughput.py`):", "",
+              "| grid | side | process | processes | CPU s | share |", "|---|---|---|---|---|---|"]
+    for kind, sides in results.items():
+        for side in ("sdm", "trainer"):
+            ledger = sides[side]["cpu"]
+            capacity = cores * ledger["wall"]
+            used = sum(s for _, s in ledger["by_kind"].values())
+            rows = [(name, n, s) for name, (n, s) in ledger["by_kind"].items() if s >= 0.005 * capacity]
+            rows.append(("idle", "", capacity - used))
+            lines += [f"| {kind} | {label[side]} | {name} | {n} | {s:.1f} | {s / capacity:.0%} |" for name, n, s in rows]
     lines += ["", "Load average (1, 5, 15 min) before / after each side:", ""]
     for kind, sides in results.items():
         for side, r in sides.items():
