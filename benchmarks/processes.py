@@ -96,13 +96,12 @@ class CpuLedger:
             if sample is None:
                 continue
             cpu, started = sample
-            record = self._seen.get((pid, started))
-            if record is None:
-                kind = kind_of(pid)
-                if kind is not None:
-                    self._seen[(pid, started)] = [kind, cpu if baseline else 0.0, cpu]
-            else:
-                record[2] = cpu
+            # Read at every sight: a Ray worker process starts as `setup_worker.py` and takes its actor's name later.
+            kind = kind_of(pid)
+            if kind is None:
+                continue
+            record = self._seen.setdefault((pid, started), [kind, cpu if baseline else 0.0, cpu])
+            record[0], record[2] = kind, cpu
 
     def _sample_until_stopped(self) -> None:
         while not self._stop.wait(self._interval):
