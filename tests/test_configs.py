@@ -78,6 +78,8 @@ def test_paper_config_dry_run_plans_the_full_protocol(tmp_path: Path) -> None:
     ("reproduce-strong-attacks-s45.yaml", "reproduce-strong-attacks/cells-s45.parquet"),
     ("reproduce-mlac-k.yaml", "reproduce-mlac-k/cells.parquet"),
     ("reproduce-peers.yaml", "reproduce-peers/cells.parquet"),
+    ("reproduce-400-s0.yaml", "reproduce-400/cells-s0.parquet"),
+    ("reproduce-400-s1.yaml", "reproduce-400/cells-s1.parquet"),
     ("reproduce-short-attack.yaml", "reproduce-protocol1/cells.parquet"),
     ("reproduce-peers-short-attack.yaml", "reproduce-protocol1/cells-peers.parquet"),
     ("reproduce-mlac-mixed.yaml", "reproduce-diagnostics/cells-mlac-mixed.parquet"),

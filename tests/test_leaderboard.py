@@ -669,6 +669,18 @@ def test_the_published_strong_attacks_board_rebuilds_from_its_two_cells_files():
         assert getattr(tables, name).equals(pq.read_table(published / f"{name}.parquet")), name
 
 
+def test_the_published_reference_range_board_rebuilds_from_its_seeds_cells_files():
+    # results/reproduce-400/ merges one run per seed (cells-s<seed>.parquet, each with its per-trial curves beside it
+    # as trial-curves-s<seed>.parquet): its tables rebuild from those files alone.
+    published = ROOT / "results" / "reproduce-400"
+    files = sorted(published.glob("cells-s*.parquet"))
+    tables = board_tables(files)
+    assert {c["seed"] for c in tables.cells.to_pylist()} == {int(f.stem.removeprefix("cells-s")) for f in files}
+    assert not [c for c in tables.cautions if "curves" in c]  # every seed brings its per-trial curves
+    for name in ("leaderboard", "comparisons", "curves"):
+        assert getattr(tables, name).equals(pq.read_table(published / f"{name}.parquet")), name
+
+
 def test_the_published_peers_board_rebuilds_and_repnoise_falls():
     # results/reproduce-peers/ merges the reproduction's published cells (its random-init is the peers' floor, its bert
     # their control, same seeds and pools) with the peers' run, whose per-trial curves lie beside it.
