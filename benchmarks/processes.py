@@ -4,6 +4,8 @@ run's own Ray actors (cell searchers, the pool's lender, the board, trial proxie
 from __future__ import annotations
 
 import os
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,21 +18,21 @@ OVERHEAD = ("CellSearcher", "_Lender", "ProgressBoard", "ImplicitFunc")
 @dataclass(frozen=True)
 class Process:
     pid: int
-    name: str  # the actor class for a Ray actor, else the executable's name
+    name: str  # what the process is (`kind_of`): the actor class for a Ray actor
     rss_mb: float
     cpu_s: float  # user + system, since the process started
 
 
 def read(pid: int) -> Process | None:
+    name, sample = kind_of(pid), cpu_and_start(pid)
     try:
-        cmdline = (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-        fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
         status = (Path("/proc") / str(pid) / "status").read_text()
     except OSError:
         return None  # it ended meanwhile
+    if name is None or sample is None:
+        return None
     rss = next((int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmRSS:")), 0.0)
-    name = cmdline[len("ray::"):].split(".")[0] if cmdline.startswith("ray::") else Path(cmdline).name
-    return Process(pid, name, rss, (int(fields[11]) + int(fields[12])) / TICKS)
+    return Process(pid, name, rss, sample[0])
 
 
 def ray_actors(names: tuple[str, ...] = OVERHEAD) -> list[Process]:
@@ -76,11 +78,9 @@ def cpu_and_start(pid: int) -> tuple[float, int] | None:
 class CpuLedger:
     """Where a machine's CPU time goes while something runs: every process's CPU seconds, sampled from /proc every
     `interval` seconds on a thread, summed by kind (`kind_of`). A process that ends between two samples loses at most
-    its last interval; one that was running before `start` counts only from there."""
+    its last interval; one that was running when the ledger was entered counts only from then."""
 
     def __init__(self, interval: float = 0.2) -> None:
-        import threading
-
         self._interval = interval
         self._seen: dict[tuple[int, int], list] = {}  # (pid, start) -> [kind, CPU at first sight, CPU at last sight]
         self._stop = threading.Event()
@@ -108,16 +108,12 @@ class CpuLedger:
             self._sample(baseline=False)
 
     def __enter__(self) -> "CpuLedger":
-        import time
-
         self._sample(baseline=True)
         self.started = time.perf_counter()
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        import time
-
         self._stop.set()
         self._thread.join()
         self._sample(baseline=False)
